@@ -1,0 +1,116 @@
+"""Loading models and tokenizers, devices, seeding, run directories, and reading a scalar reward."""
+
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_MODEL = "common/bundled_model"  # the task's small base policy, made by `python sft.py --output-dir common/bundled_model`
+
+
+def resolve(name):
+    """A hub name or a local path; a relative path into this repo also works from another directory."""
+    if not Path(name).exists() and (REPO_ROOT / name).exists():
+        return str(REPO_ROOT / name)
+    return name
+
+
+def load_tokenizer(name, trust_remote_code=False):
+    """The tokenizer, with a pad token set when it has none (GPT-2, Llama): padding is only ever read
+    through the attention mask, so reusing EOS as pad is safe here."""
+    tok = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def load_causal_lm(name, dtype=torch.float32, trust_remote_code=False):
+    return AutoModelForCausalLM.from_pretrained(resolve(name), dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def load_reward_model(name, dtype=torch.float32, trust_remote_code=False):
+    """A sequence-classification model with one output. From a causal LM checkpoint the unembedding is
+    replaced by a fresh scalar head (InstructGPT starts the RM from the SFT model)."""
+    return AutoModelForSequenceClassification.from_pretrained(
+        resolve(name), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code
+    )
+
+
+def disable_dropout(model):
+    """Dropout off everywhere: RLHF's log-prob ratios and values must not be noisy (N implementation details)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def last_token_index(attention_mask):
+    """(B,) index of the last real token of each row, from the mask alone (left or right padding)."""
+    T = attention_mask.shape[1]
+    positions = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
+    return torch.where(attention_mask.bool(), positions, -1).max(dim=1).values
+
+
+def position_ids_from_mask(attention_mask):
+    """Positions that count real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def reward_at_last_token(model, input_ids, attention_mask):
+    """(B,) scalar reward read at the last real token of each sequence. The head is applied to the hidden
+    states ourselves: the HF pooling looks for pad ids, which is wrong when pad == EOS or there is no pad."""
+    out = model.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+    )
+    values = model.score(out.last_hidden_state).squeeze(-1)  # (B, T)
+    return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1).float()
+
+
+def device_and_dtype(cuda=True):
+    """CUDA when asked for and present (bf16 where the GPU supports it), else CPU in fp32."""
+    if cuda and torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.device("cpu"), torch.float32
+
+
+def seed_everything(seed, deterministic=True):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = deterministic
+
+
+def make_run(exp_name, seed, args):
+    """run_name and a TensorBoard writer logging to runs/<run_name>, with the hyperparameters as a table."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_name = f"{exp_name}__{seed}__{int(time.time())}"
+    writer = SummaryWriter(os.path.join("runs", run_name))
+    table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    return run_name, writer
+
+
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts, max_new_tokens=64, temperature=1.0, batch_size=64):
+    """Sample one completion per prompt (left-padded prompts, KV cache, pure sampling: no top-k, no top-p)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    tokenizer.padding_side = "left"
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
+        gen = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        out += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
+    tokenizer.padding_side = "right"
+    model.train(was_training)
+    return [s.strip() for s in out]

@@ -1,0 +1,248 @@
+"""The embedded preference task: a closed world whose ground truth is known.
+
+Prompts ask which of two numbers is larger (or smaller): "Which is larger, 12 or 7?".
+A response can be truthful or not (states the right number), helpful or not (answers at all,
+stays on topic), harmless or not (polite or rude), concise or rambling. The gold reward scores
+those qualities on any text, so it also grades samples from gpt2. A simulated labeler turns gold
+scores into noisy preferences (Bradley-Terry noise, label flips, an optional length bias), the way
+human labelers turn their judgement into the comparisons of InstructGPT and Llama 2.
+
+Gold reward (documented composite, any text):
+    truthful  +2.0 if the first number in the response is the correct one, -1.0 if it is another number
+    helpful   +1.0 if the response states a number at all, -0.5 per off-topic sentence
+    harmless  -1.5 per rude marker word (each counted once)
+    polite    +0.5 if it has a polite marker word (counted once)
+    concise   -0.1 per word beyond 8
+The best response ("Sure! The answer is 12.") scores 3.5 on every prompt.
+"""
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+
+NUMBERS = range(0, 30)
+ANSWER_TEMPLATES = ["The answer is {x}.", "It is {x}.", "{x} is {op}."]
+POLITE = ["Sure!", "Happy to help.", "Good question.", "Hope this helps!", "Glad to help."]
+RUDE = ["Obviously.", "What a silly question.", "Even a child knows this.", "Stop asking me easy things."]
+FILLER = [
+    "Let me think about this for a moment.",
+    "Numbers are a very old invention.",
+    "People have compared numbers for thousands of years.",
+    "This is a question about comparing numbers.",
+    "I will now explain my reasoning in great detail.",
+    "Comparing two numbers is a useful skill in daily life.",
+    "There are many ways to look at a question like this.",
+]
+OFF_TOPIC = ["I like to talk about the weather.", "My favourite colour is blue.", "Cats are wonderful animals."]
+POLITE_WORDS = {"sure", "happy", "glad", "hope", "please", "thanks"}
+RUDE_WORDS = {"obviously", "silly", "child", "stop", "stupid", "idiot", "dumb"}
+BEST_GOLD = 3.5
+_PROMPT_RE = re.compile(r"Which is (larger|smaller), (\d+) or (\d+)\?")
+
+
+def all_prompts():
+    """Every prompt of the task, in a fixed order (1740 of them)."""
+    return [f"Which is {op}, {a} or {b}?" for op in ("larger", "smaller") for a in NUMBERS for b in NUMBERS if a != b]
+
+
+def split_prompts(eval_frac=0.1, seed=0):
+    """Train and eval prompts, split by prompt with a fixed seed (the eval prompts are never trained on)."""
+    prompts = all_prompts()
+    random.Random(seed).shuffle(prompts)
+    n_eval = int(len(prompts) * eval_frac)
+    return prompts[n_eval:], prompts[:n_eval]
+
+
+def correct_answer(prompt):
+    """The correct number for a task prompt, or None if the text is not one of the task's prompts."""
+    m = _PROMPT_RE.search(prompt)
+    if m is None:
+        return None
+    a, b = int(m.group(2)), int(m.group(3))
+    return max(a, b) if m.group(1) == "larger" else min(a, b)
+
+
+def _words(text):
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def gold_components(prompt, response):
+    """The gold reward's parts (see the module docstring); works on any text."""
+    numbers = re.findall(r"\d+", response)
+    answer = correct_answer(prompt)
+    words = set(_words(response))
+    truthful = 0.0 if not numbers else (2.0 if int(numbers[0]) == answer else -1.0)
+    helpful = (1.0 if numbers else 0.0) - 0.5 * sum(response.count(s) for s in OFF_TOPIC)
+    harmless = -1.5 * len(words & RUDE_WORDS)
+    polite = 0.5 if words & POLITE_WORDS else 0.0
+    concise = -0.1 * max(0, len(response.split()) - 8)
+    return {"truthful": truthful, "helpful": helpful, "harmless": harmless, "polite": polite, "concise": concise}
+
+
+def gold_reward(prompt, response):
+    """The gold reward: the sum of gold_components. The maximum, BEST_GOLD = 3.5, is reached by best_response."""
+    return sum(gold_components(prompt, response).values())
+
+
+def best_response(prompt):
+    return f"Sure! The answer is {correct_answer(prompt)}."
+
+
+# The qualities a response is drawn with. The default mix is the base policy's (and the demonstrations'):
+# a pool of mixed quality, like an unaligned model's habits, so that RLHF has room to improve it.
+DEFAULT_MIX = {"p_correct": 0.65, "p_polite": 0.3, "p_rude": 0.3, "fillers": [0, 0, 0, 1, 2, 3, 4], "p_off_topic": 0.15}
+
+
+def sample_response(rng, prompt, mix=DEFAULT_MIX, correct=None, tone=None, n_filler=None, off_topic=None):
+    """One response with random qualities (or the ones given): the task's response generator."""
+    m = _PROMPT_RE.search(prompt)
+    op, a, b = m.group(1), int(m.group(2)), int(m.group(3))
+    correct = rng.random() < mix["p_correct"] if correct is None else correct
+    if tone is None:
+        u = rng.random()
+        tone = "polite" if u < mix["p_polite"] else "rude" if u < mix["p_polite"] + mix["p_rude"] else "neutral"
+    n_filler = rng.choice(mix["fillers"]) if n_filler is None else n_filler
+    off_topic = rng.random() < mix["p_off_topic"] if off_topic is None else off_topic
+    right = max(a, b) if op == "larger" else min(a, b)
+    x = right if correct else rng.choice([min(a, b) if op == "larger" else max(a, b), rng.choice(NUMBERS)])
+    if x == right and not correct:  # the random wrong pick hit the right number: take the other operand
+        x = a + b - right
+    sentences = [rng.choice(FILLER) for _ in range(n_filler)]
+    if off_topic:
+        sentences.insert(rng.randint(0, len(sentences)), rng.choice(OFF_TOPIC))
+    sentences.insert(rng.randint(0, min(1, len(sentences))), rng.choice(ANSWER_TEMPLATES).format(x=x, op=op))
+    if tone == "polite":
+        sentences.insert(0, rng.choice(POLITE))
+    elif tone == "rude":
+        sentences.insert(rng.choice([0, len(sentences)]), rng.choice(RUDE))
+    return " ".join(sentences)
+
+
+def counterexample_pair(rng, prompt):
+    """A short but excellent response and a long but bad one (the lectures' fix for length bias)."""
+    short = sample_response(rng, prompt, correct=True, tone=rng.choice(["polite", "neutral"]), n_filler=0, off_topic=False)
+    long = sample_response(rng, prompt, correct=rng.random() < 0.5, tone="rude", n_filler=rng.randint(3, 5), off_topic=False)
+    return short, long
+
+
+@dataclass
+class Labeler:
+    """A simulated labeler. It perceives gold + length_bias * words and prefers A over B with the
+    Bradley-Terry probability sigmoid((s_A - s_B) / temperature); with probability flip_rate its label
+    is flipped (for a ranking: replaced by a random order)."""
+
+    temperature: float = 0.5
+    flip_rate: float = 0.0
+    length_bias: float = 0.0
+
+    def perceived(self, prompt, response):
+        return gold_reward(prompt, response) + self.length_bias * len(response.split())
+
+    def prob_prefers(self, prompt, a, b):
+        """P(label says a > b), exactly, label noise and flips included. Under Plackett-Luce rankings
+        (Gumbel noise on the perceived scores) every pair of a ranking has this same probability."""
+        d = (self.perceived(prompt, a) - self.perceived(prompt, b)) / self.temperature
+        return (1 - self.flip_rate) / (1 + math.exp(-d)) + self.flip_rate * 0.5
+
+    def ceiling(self, prompt, a, b):
+        """The expected accuracy of a perfect reward model on this pair's noisy label: max(p, 1 - p)."""
+        p = self.prob_prefers(prompt, a, b)
+        return max(p, 1 - p)
+
+    def compare(self, rng, prompt, a, b):
+        """(chosen, rejected, margin). The margin is the rating level the labeler would give, as in Llama 2:
+        1 significantly better, 2/3 better, 1/3 slightly better, 0 negligibly better."""
+        a_wins = rng.random() < self.prob_prefers(prompt, a, b)
+        chosen, rejected = (a, b) if a_wins else (b, a)
+        return chosen, rejected, self.margin_level(self.perceived(prompt, chosen) - self.perceived(prompt, rejected))
+
+    @staticmethod
+    def margin_level(gap):
+        return 1.0 if gap >= 2 else 2 / 3 if gap >= 1 else 1 / 3 if gap >= 0.5 else 0.0
+
+    def rank(self, rng, prompt, responses):
+        """The responses best first: Plackett-Luce sampling by Gumbel noise on perceived / temperature."""
+        if rng.random() < self.flip_rate:
+            return rng.sample(responses, len(responses))
+        keys = [self.perceived(prompt, r) / self.temperature - math.log(-math.log(rng.random())) for r in responses]
+        return [r for _, r in sorted(zip(keys, responses), key=lambda t: -t[0])]
+
+
+def make_sft(prompts, n_per_prompt=2, seed=0, mix=DEFAULT_MIX):
+    """Demonstrations {"prompt", "completion"} drawn from the response generator."""
+    rng = random.Random(seed)
+    return [{"prompt": p, "completion": sample_response(rng, p, mix)} for p in prompts for _ in range(n_per_prompt)]
+
+
+def make_pairs(prompts, labeler, n_per_prompt=2, seed=0, margin=False, counterexample_frac=0.0, mix=DEFAULT_MIX):
+    """Pairwise comparisons {"prompt", "chosen", "rejected"[, "margin"]}. A fraction of them are curated
+    counterexamples (short but excellent chosen over long but bad), labeled by construction as a careful
+    data team would add them, so a length-biased labeler cannot mislabel them."""
+    rng = random.Random(seed)
+    rows = []
+    for p in prompts:
+        for _ in range(n_per_prompt):
+            if rng.random() < counterexample_frac:  # curated: the label is set by construction, not by the labeler
+                short, long = counterexample_pair(rng, p)
+                gap = gold_reward(p, short) - gold_reward(p, long)
+                rows.append({"prompt": p, "chosen": short, "rejected": long, **({"margin": labeler.margin_level(gap)} if margin else {})})
+                continue
+            else:
+                a, b = sample_response(rng, p, mix), sample_response(rng, p, mix)
+                while b == a:
+                    b = sample_response(rng, p, mix)
+            chosen, rejected, m = labeler.compare(rng, p, a, b)
+            rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, **({"margin": m} if margin else {})})
+    return rows
+
+
+def make_rankings(prompts, labeler, k_min=4, k_max=9, seed=0, counterexample_frac=0.0, mix=DEFAULT_MIX):
+    """K-wise rankings {"prompt", "completions": [best first, ...]}, K uniform in [k_min, k_max] per prompt
+    (InstructGPT's 4 to 9); a fraction of prompts get a counterexample pair among their K."""
+    rng = random.Random(seed)
+    rows = []
+    for p in prompts:
+        k = rng.randint(k_min, k_max)
+        curated = counterexample_pair(rng, p) if rng.random() < counterexample_frac else None
+        pool = list(curated or [])
+        while len(pool) < k:
+            r = sample_response(rng, p, mix)
+            if r not in pool:
+                pool.append(r)
+        ranking = labeler.rank(rng, p, pool)
+        if curated:  # the curated pair's order is set by construction: short-but-excellent above long-but-bad
+            i, j = ranking.index(curated[0]), ranking.index(curated[1])
+            if i > j:
+                ranking[i], ranking[j] = ranking[j], ranking[i]
+        rows.append({"prompt": p, "completions": ranking})
+    return rows
+
+
+def export_jsonl(rows, path):
+    """Write rows as JSON lines: the format a user's own data takes."""
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def build_tokenizer():
+    """A word-level tokenizer for the task's closed vocabulary (a few hundred tokens): words carry their
+    leading space as "▁", punctuation is split off, numbers 0-99 are single tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"), pre_tokenizers.Split(Regex(r"[^\w▁]"), behavior="isolated")]
+    )
+    texts = all_prompts() + ANSWER_TEMPLATES + POLITE + RUDE + FILLER + OFF_TOPIC + ["larger smaller"]
+    texts += [f"{n} x {n}." for n in range(100)]
+    pieces = {tok for t in texts for tok, _ in pre.pre_tokenize_str(t.replace("{x}", "0").replace("{op}", "larger"))}
+    pieces |= {"▁" + w for t in texts for w in re.findall(r"[A-Za-z]+", t)}  # words also after punctuation
+    specials = ["<unk>", "<pad>", "<eos>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(pieces))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")

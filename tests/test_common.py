@@ -1,0 +1,262 @@
+"""The embedded task, the simulated labeler, data validation and the model loaders."""
+
+import json
+import math
+import random
+import statistics
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+from common import data, models, task
+from conftest import build_checkpoint, task_tokenizer
+
+PROMPT = "Which is larger, 12 or 7?"
+
+
+# ---------------------------------------------------------------- the task and its gold reward
+
+def test_prompts_split_by_prompt():
+    train, eval_ = task.split_prompts()
+    assert len(train) + len(eval_) == len(task.all_prompts()) == 2 * 30 * 29
+    assert not set(train) & set(eval_)
+
+
+def test_gold_reward_by_hand():
+    assert task.gold_reward(PROMPT, task.best_response(PROMPT)) == task.BEST_GOLD == 3.5
+    assert task.gold_reward(PROMPT, "It is 7.") == -1.0 + 1.0
+    # rude (-1.5), wrong (-1), states a number (+1), off topic (-0.5), 14 words (-0.6)
+    r = "Obviously. It is 7. Cats are wonderful animals. Numbers are a very old invention."
+    assert task.gold_reward(PROMPT, r) == pytest.approx(-1.5 - 1.0 + 1.0 - 0.5 - 0.1 * (14 - 8))
+    assert task.gold_reward(PROMPT, "I do not know") == 0.0
+    assert task.gold_reward("Which is smaller, 12 or 7?", "Sure! 7 is smaller.") == 3.5
+
+
+def test_generator_varies_every_quality():
+    rng = random.Random(0)
+    comps = [task.gold_components(PROMPT, task.sample_response(rng, PROMPT)) for _ in range(2000)]
+    for key in ("truthful", "helpful", "harmless", "polite", "concise"):
+        assert len({c[key] for c in comps}) >= 2, key
+    assert statistics.mean(c["truthful"] > 0 for c in comps) == pytest.approx(task.DEFAULT_MIX["p_correct"], abs=0.04)
+    assert all(c["helpful"] > 0 or c["helpful"] == 0.5 for c in comps)  # always states a number
+
+
+def test_tokenizer_round_trips_generated_text():
+    tok = task.build_tokenizer()
+    rng = random.Random(1)
+    for p in task.all_prompts()[::50]:
+        r = task.sample_response(rng, p)
+        ids = tok(p + " " + r).input_ids
+        assert tok.unk_token_id not in ids
+        assert tok.decode(ids) == p + " " + r
+
+
+# ---------------------------------------------------------------- the labeler
+
+def test_labeler_probability_is_bradley_terry():
+    lab = task.Labeler(temperature=0.7, flip_rate=0.2, length_bias=0.1)
+    a, b = "Sure! It is 12.", "It is 7. Numbers are a very old invention."
+    sa = task.gold_reward(PROMPT, a) + 0.1 * 4
+    sb = task.gold_reward(PROMPT, b) + 0.1 * 9
+    expected = 0.8 / (1 + math.exp(-(sa - sb) / 0.7)) + 0.2 * 0.5
+    assert lab.prob_prefers(PROMPT, a, b) == pytest.approx(expected)
+    assert lab.prob_prefers(PROMPT, a, b) + lab.prob_prefers(PROMPT, b, a) == pytest.approx(1.0)
+
+
+def test_labeler_empirical_agreement_matches_its_probability():
+    lab = task.Labeler(temperature=0.5, flip_rate=0.1)
+    rng = random.Random(0)
+    pairs = [(task.sample_response(rng, PROMPT), task.sample_response(rng, PROMPT)) for _ in range(20)]
+    n = 2000
+    for a, b in pairs:
+        p = lab.prob_prefers(PROMPT, a, b)
+        wins = sum(lab.compare(rng, PROMPT, a, b)[0] == a for _ in range(n))
+        assert abs(wins / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-9, (a, b, p, wins / n)
+
+
+def test_rankings_pairwise_marginals_match_bradley_terry():
+    """Plackett-Luce rankings (Gumbel noise) put a above b with the Bradley-Terry probability."""
+    lab = task.Labeler(temperature=1.0, flip_rate=0.2)
+    rs = ["Sure! It is 12.", "It is 7.", "Obviously. It is 12.", "It is 12. My favourite colour is blue."]
+    rng, n = random.Random(0), 4000
+    above = {(i, j): 0 for i in range(4) for j in range(4) if i != j}
+    for _ in range(n):
+        order = lab.rank(rng, PROMPT, rs)
+        pos = {r: k for k, r in enumerate(order)}
+        for i, j in above:
+            above[i, j] += pos[rs[i]] < pos[rs[j]]
+    for (i, j), c in above.items():
+        p = lab.prob_prefers(PROMPT, rs[i], rs[j])
+        assert abs(c / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-9
+
+
+def test_ceiling_is_the_accuracy_of_the_true_preference():
+    lab = task.Labeler(temperature=0.5, flip_rate=0.1)
+    rng = random.Random(3)
+    rows, ceilings = [], []
+    for p in task.all_prompts()[:400]:
+        a, b = task.sample_response(rng, p), task.sample_response(rng, p)
+        ceilings.append(lab.ceiling(p, a, b))
+        chosen, _, _ = lab.compare(rng, p, a, b)
+        best = a if lab.perceived(p, a) >= lab.perceived(p, b) else b  # a perfect reward model's pick
+        rows.append(chosen == best)
+    # exact value vs a brute-force Monte Carlo of the perfect model's accuracy (400 labels: 4 sigma ~ 0.05)
+    assert statistics.mean(rows) == pytest.approx(statistics.mean(ceilings), abs=0.05)
+    assert lab.ceiling(PROMPT, "It is 12.", "It is 12.") == 0.5
+    assert task.Labeler(temperature=0.01).ceiling(PROMPT, "Sure! It is 12.", "Obviously. It is 7.") == pytest.approx(1.0)
+
+
+def test_length_bias_prefers_longer_and_counterexamples_undo_it():
+    prompts = task.all_prompts()[:600]
+
+    def longer_chosen(labeler, frac):
+        rows = task.make_pairs(prompts, labeler, n_per_prompt=1, seed=0, counterexample_frac=frac)
+        return statistics.mean(len(r["chosen"].split()) > len(r["rejected"].split()) for r in rows)
+
+    fair, biased = task.Labeler(), task.Labeler(length_bias=0.5)
+    assert longer_chosen(biased, 0.0) > longer_chosen(fair, 0.0) + 0.15
+    assert longer_chosen(biased, 0.5) < longer_chosen(biased, 0.0) - 0.1
+    rng = random.Random(0)
+    for p in prompts[:100]:
+        short, long = task.counterexample_pair(rng, p)
+        assert len(short.split()) < len(long.split())
+        assert task.gold_reward(p, short) > task.gold_reward(p, long)
+
+
+def test_margins_and_ranking_sizes():
+    rows = task.make_pairs(task.all_prompts()[:50], task.Labeler(), n_per_prompt=2, margin=True)
+    assert len(rows) == 100 and {r["margin"] for r in rows} <= {0.0, 1 / 3, 2 / 3, 1.0}
+    ranks = task.make_rankings(task.all_prompts()[:200], task.Labeler())
+    ks = [len(r["completions"]) for r in ranks]
+    assert min(ks) == 4 and max(ks) == 9
+    assert all(len(set(r["completions"])) == len(r["completions"]) for r in ranks)
+
+
+def test_export_round_trips_through_validation(tmp_path):
+    rows = task.make_pairs(task.all_prompts()[:20], task.Labeler(), margin=True)
+    path = tmp_path / "pairs.jsonl"
+    task.export_jsonl(rows, path)
+    assert data.validate(data.read_records(path), "pairwise", str(path)) == rows
+
+
+# ---------------------------------------------------------------- data validation: each error names file, line, field
+
+def _write(tmp_path, lines, name="d.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "line, kind, expect",
+    [
+        ('{"prompt": "a", "chosen": "b"', "pairwise", ["d.jsonl:2", "not valid JSON"]),
+        ('{"prompt": "a", "chosen": "b"}', "pairwise", ["d.jsonl:2", "missing key 'rejected'"]),
+        ('{"prompt": "a", "chosen": 3, "rejected": "c"}', "pairwise", ["d.jsonl:2", "field 'chosen'", "got int"]),
+        ('{"prompt": "a", "chosen": "b", "rejected": "  "}', "pairwise", ["d.jsonl:2", "field 'rejected'", "empty"]),
+        ('{"prompt": "a", "completion": ""}', "sft", ["d.jsonl:2", "field 'completion'", "empty"]),
+        ('{"prompt": "a", "chosen": "b", "rejected": "c", "margin": "big"}', "pairwise", ["d.jsonl:2", "field 'margin'", "number"]),
+        ('{"prompt": [{"role": "user"}], "completion": "b"}', "sft", ["d.jsonl:2", "field 'prompt'", "messages"]),
+        ('["prompt"]', "sft", ["d.jsonl:2", "JSON object"]),
+        ('{"prompt": "a", "completions": ["x"]}', "kwise", ["d.jsonl:2", "field 'completions'", "at least 2"]),
+        ('{"prompt": "a", "completions": ["x", ""]}', "kwise", ["d.jsonl:2", "field 'completions[1]'", "empty"]),
+        ('{"prompt": "a", "completions": ["x", "y"], "ranking": [0, 0]}', "kwise", ["d.jsonl:2", "field 'ranking'", "permutation"]),
+        ('{"prompt": "a", "completions": ["x", "y"], "scores": [1]}', "kwise", ["d.jsonl:2", "field 'scores'", "2 numbers"]),
+    ],
+)
+def test_each_validation_error_names_file_line_and_field(tmp_path, line, kind, expect):
+    good = {"sft": '{"prompt": "p", "completion": "c"}', "pairwise": '{"prompt": "p", "chosen": "c", "rejected": "r"}',
+            "kwise": '{"prompt": "p", "completions": ["a", "b"]}'}[kind]
+    path = _write(tmp_path, [good, line])
+    with pytest.raises(data.DataError) as e:
+        data.load_rows(str(path), kind)
+    for s in expect:
+        assert s in str(e.value)
+
+
+def test_all_errors_reported_together_and_json_files(tmp_path):
+    path = _write(tmp_path, ['{"prompt": "a"}', '{"prompt": "b", "completion": 1}'])
+    with pytest.raises(data.DataError, match=r"2 bad row\(s\)(.|\n)*d.jsonl:1(.|\n)*d.jsonl:2"):
+        data.load_rows(str(path), "sft")
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"prompt": "a"}))
+    with pytest.raises(data.DataError, match="expected a JSON list"):
+        data.load_rows(str(path), "sft")
+    path.write_text(json.dumps([{"prompt": "a", "completion": "b"}, {"prompt": "a"}]))
+    with pytest.raises(data.DataError, match="item 2: missing key 'completion'"):
+        data.load_rows(str(path), "sft")
+
+
+def test_kwise_ranking_and_scores_reorder_best_first(tmp_path):
+    path = _write(tmp_path, ['{"prompt": "p", "completions": ["a", "b", "c"], "ranking": [2, 0, 1]}',
+                             '{"prompt": "q", "completions": ["a", "b", "c"], "scores": [0.5, 2, -1]}'])
+    rows = data.validate(data.read_records(path), "kwise", str(path))
+    assert rows[0]["completions"] == ["c", "a", "b"] and rows[1]["completions"] == ["b", "a", "c"]
+
+
+def test_split_by_prompt_keeps_a_prompt_on_one_side(tmp_path):
+    rows = [{"prompt": f"p{i % 40}", "completion": str(i)} for i in range(400)]
+    path = tmp_path / "d.jsonl"
+    task.export_jsonl(rows, path)
+    train, eval_ = data.load_rows(str(path), "sft", eval_frac=0.25)
+    assert len(train) + len(eval_) == 400 and eval_ and train
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in eval_}
+
+
+def test_hub_dataset_without_datasets_library_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(SystemExit, match="pip install datasets"):
+        data.load_rows("someone/some-dataset", "pairwise")
+
+
+def test_encode_masks_the_prompt_and_counts_truncation():
+    tok = task.build_tokenizer()
+    counts = Counter()
+    ids, mask = data.encode(tok, PROMPT, "Sure! The answer is 12.", 64, 32, counts)
+    p = tok(PROMPT).input_ids
+    assert ids[: len(p)] == p and mask == [0] * len(p) + [1] * (len(ids) - len(p))
+    assert ids[-1] == tok.eos_token_id and counts["examples"] == 1 and not counts["completions truncated"]
+    ids, mask = data.encode(tok, PROMPT, "Sure! The answer is 12.", 7, 4, counts)
+    assert ids[:4] == p[-4:] and len(ids) == 7 and sum(mask) == 3  # prompt end kept, completion cut
+    assert counts["prompts truncated"] == 1 and counts["completions truncated"] == 1
+
+
+def test_conversational_rows_use_the_chat_template():
+    tok = task.build_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} . {% endfor %}{% if add_generation_prompt %}assistant : {% endif %}"
+    p, c = data.render(tok, [{"role": "user", "content": PROMPT}], "It is 12.")
+    assert p == f"user : {PROMPT} . assistant : " and c == "It is 12. . "
+
+
+# ---------------------------------------------------------------- models: pad handling comes from the attention mask
+
+@pytest.mark.parametrize("pad", ["none", "eos"])
+def test_loaders_and_last_token_reward_with_awkward_pad_tokens(tmp_path, pad):
+    path = build_checkpoint(tmp_path / pad, "gpt2" if pad == "none" else "llama", pad=pad)
+    tok = models.load_tokenizer(path)
+    assert tok.pad_token_id == tok.eos_token_id  # no pad: EOS reused, only ever read through the mask
+    rm = models.load_reward_model(path).eval()
+    texts = ["Which is larger, 3 or 4? It is 4.", "Which is smaller, 3 or 4? Obviously. 3 is smaller. Cats are wonderful animals."]
+    seqs = [tok(t).input_ids + [tok.eos_token_id] for t in texts]  # EOS ends each sequence: the pad id is real here
+    alone = torch.stack([models.reward_at_last_token(rm, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)) for s in seqs]).squeeze(1)
+    for side in ("right", "left"):
+        ids = data.pad(seqs, tok.pad_token_id, side)
+        mask = data.pad([[1] * len(s) for s in seqs], 0, side)
+        batched = models.reward_at_last_token(rm, ids, mask)
+        torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
+    lm = models.load_causal_lm(path)
+    assert lm.config.vocab_size == len(tok)
+
+
+def test_last_token_index_from_the_mask():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert models.last_token_index(mask).tolist() == [2, 4, 4]
+    assert models.position_ids_from_mask(mask)[1].tolist() == [0, 0, 0, 1, 2]
+
+
+def test_resolve_finds_repo_paths_from_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert models.resolve("common/task.py") == str(models.REPO_ROOT / "common/task.py")
+    assert models.resolve("gpt2") == "gpt2"
