@@ -5,6 +5,7 @@ With the defaults it trains the embedded task's small base policy from scratch o
     python sft.py                                        # a tiny GPT-2 with the task's tokenizer
     python sft.py --output-dir common/bundled_model      # how the bundled base policy was made
     python sft.py --model gpt2 --dataset demos.jsonl     # any causal LM, any {"prompt", "completion"} data
+    torchrun --nproc_per_node 4 sft.py --model gpt2 ...  # data parallel (DDP) on 4 GPUs
 """
 
 import math
@@ -13,12 +14,14 @@ import random
 import statistics
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 import tyro
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -48,8 +51,12 @@ class Args:
     """where to save the model and tokenizer (default runs/<run_name>/model)"""
     num_epochs: int = 16
     """passes over the demonstrations"""
-    batch_size: int = 32
-    """sequences per optimizer step"""
+    per_device_batch_size: int = 32
+    """sequences per forward pass on each device"""
+    gradient_accumulation_steps: int = 1
+    """forward passes per optimizer step; global batch = per_device_batch_size x this x number of processes"""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     learning_rate: Optional[float] = None
     """peak learning rate (default 2e-3 from scratch, 2e-5 for a pretrained model)"""
     warmup_ratio: float = 0.05
@@ -86,41 +93,42 @@ def tiny_gpt2(tokenizer):
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, batches, eval_prompts, args):
-    """Held-out loss on demonstrations, and samples on eval prompts graded by the gold reward (embedded task)."""
+def evaluate(model, tokenizer, batches, eval_prompts, args, autocast, rank, world):
+    """Held-out loss on demonstrations, and samples on eval prompts graded by the gold reward (embedded task).
+    Each rank takes its share of the batches and prompts; the means are taken over all of them."""
     model.eval()
-    losses = [sft_loss(model(input_ids=ids, attention_mask=am).logits, ids, cm).item() for ids, am, cm in batches]
-    out = {"eval/loss": statistics.mean(losses)}
+    with autocast:
+        losses = [sft_loss(model(input_ids=ids, attention_mask=am).logits, ids, cm).item() for ids, am, cm in batches[rank::world]]
+    out = models.reduce_mean({"eval/loss": statistics.mean(losses) if losses else 0.0}, weight=len(losses))
     if eval_prompts:
-        responses = models.sample_completions(model, tokenizer, eval_prompts, args.max_new_tokens, args.temperature)
-        out["eval/gold"] = statistics.mean(task.gold_reward(p, r) for p, r in zip(eval_prompts, responses))
-        out["eval/states_answer"] = statistics.mean(bool(task.gold_components(p, r)["helpful"] > 0) for p, r in zip(eval_prompts, responses))
-        out["eval/correct"] = statistics.mean(task.gold_components(p, r)["truthful"] > 0 for p, r in zip(eval_prompts, responses))
-        out["samples"] = list(zip(eval_prompts[:8], responses[:8]))
+        prompts = eval_prompts[rank::world]
+        responses = models.sample_completions(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
+        parts = [task.gold_components(p, r) for p, r in zip(prompts, responses)]
+        out |= models.reduce_mean({
+            "eval/gold": statistics.mean(sum(c.values()) for c in parts),
+            "eval/states_answer": statistics.mean(c["helpful"] > 0 for c in parts),
+            "eval/correct": statistics.mean(c["truthful"] > 0 for c in parts),
+        }, weight=len(prompts))
+        out["samples"] = list(zip(prompts[:8], responses[:8]))
     model.train()
     return out
 
 
-def make_batches(rows, tokenizer, args, device, shuffle_rng=None):
-    counts = Counter()
-    encoded = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts) for r in rows]
-    if shuffle_rng is not None:
-        shuffle_rng.shuffle(encoded)
-    batches = []
-    for i in range(0, len(encoded), args.batch_size):
-        chunk = encoded[i : i + args.batch_size]
-        ids = data.pad([e[0] for e in chunk], tokenizer.pad_token_id).to(device)
-        am = data.pad([[1] * len(e[0]) for e in chunk], 0).to(device)
-        cm = data.pad([e[1] for e in chunk], 0).to(device)
-        batches.append((ids, am, cm))
-    return batches, counts
+def collate(encoded, pad_id, device):
+    """(input_ids, attention_mask, completion_mask), right-padded."""
+    ids = data.pad([e[0] for e in encoded], pad_id).to(device)
+    am = data.pad([[1] * len(e[0]) for e in encoded], 0).to(device)
+    cm = data.pad([e[1] for e in encoded], 0).to(device)
+    return ids, am, cm
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    run_name, writer = models.make_run(args.exp_name, args.seed, args)
-    models.seed_everything(args.seed, args.torch_deterministic)
-    device, dtype = models.device_and_dtype(args.cuda)
+    rank, world, device, dtype = models.setup_distributed(args.cuda)
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
+    models.seed_everything(args.seed, args.torch_deterministic)  # the same on every rank: same init, same data order
+    # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
     # Model and tokenizer
     if args.model == "scratch":
@@ -128,8 +136,12 @@ if __name__ == "__main__":
         model = tiny_gpt2(tokenizer)
     else:
         tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
-        model = models.load_causal_lm(args.model, dtype, args.trust_remote_code)
+        model = models.load_causal_lm(args.model, torch.float32, args.trust_remote_code)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     model.to(device)
+    ddp_model = DDP(model) if world > 1 else model  # DDP averages the gradients across ranks in backward()
+    torch.manual_seed(args.seed + rank)  # after the (identical) init: each rank samples differently
     lr = args.learning_rate or (2e-3 if args.model == "scratch" else 2e-5)
 
     # Data: demonstrations; the eval split holds prompts never trained on
@@ -139,11 +151,17 @@ if __name__ == "__main__":
         eval_rows = task.make_sft(eval_prompts, 1, seed=args.seed + 1)
     else:
         train_rows, eval_rows = data.load_rows(args.dataset, "sft")
-        eval_prompts = [r["prompt"] for r in eval_rows if task.correct_answer(str(r["prompt"])) is not None]
-    rng = random.Random(args.seed)
-    eval_batches, eval_counts = make_batches(eval_rows, tokenizer, args, device)
-    data.report(eval_counts, "eval demonstrations")
-    steps_per_epoch = math.ceil(len(train_rows) / args.batch_size)
+        eval_prompts = [r["prompt"] for r in eval_rows if isinstance(r["prompt"], str) and task.correct_answer(r["prompt"]) is not None]
+    counts = Counter()
+    train = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts) for r in train_rows]
+    data.report(counts, "train demonstrations") if rank == 0 else None
+    counts = Counter()
+    eval_encoded = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts) for r in eval_rows]
+    eval_batches = [collate(eval_encoded[i : i + args.per_device_batch_size], tokenizer.pad_token_id, device)
+                    for i in range(0, len(eval_encoded), args.per_device_batch_size)]
+    data.report(counts, "eval demonstrations") if rank == 0 else None
+    global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
+    steps_per_epoch = math.ceil(len(train) / global_batch)
     num_steps = args.num_epochs * steps_per_epoch
     warmup = int(args.warmup_ratio * num_steps)
 
@@ -151,47 +169,59 @@ if __name__ == "__main__":
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-    before = evaluate(model, tokenizer, eval_batches, eval_prompts, args)
-    print(f"before training: eval loss {before['eval/loss']:.3f}" + (f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""))
-    model.train()
+    before = evaluate(model, tokenizer, eval_batches, eval_prompts, args, autocast, rank, world)
+    if rank == 0:
+        print(f"before training: eval loss {before['eval/loss']:.3f}" + (f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""))
+    rng = random.Random(args.seed)
     step, start, tokens = 0, time.time(), 0
-    bar = tqdm(total=num_steps, desc="sft")
+    bar = tqdm(total=num_steps, desc="sft", disable=rank != 0)
     for epoch in range(args.num_epochs):
-        batches, counts = make_batches(train_rows, tokenizer, args, device, shuffle_rng=rng)
-        if epoch == 0:
-            data.report(counts, "train demonstrations")
-        for ids, am, cm in batches:
-            loss = sft_loss(model(input_ids=ids, attention_mask=am).logits, ids, cm)
+        order = list(range(len(train)))
+        rng.shuffle(order)  # the same order on every rank
+        for b in range(0, len(order), global_batch):
+            mine = order[b : b + global_batch][rank::world]  # this rank's share of the global batch
+            micro = [mine[i : i + args.per_device_batch_size] for i in range(0, len(mine), args.per_device_batch_size)]
             optimizer.zero_grad()
-            loss.backward()
+            loss_sum = 0.0
+            for k, idx in enumerate(micro):
+                ids, am, cm = collate([train[i] for i in idx], tokenizer.pad_token_id, device)
+                # gradients are all-reduced only on the last micro-batch of the step
+                sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()
+                with sync, autocast:
+                    loss = sft_loss(ddp_model(input_ids=ids, attention_mask=am).logits, ids, cm)
+                    (loss / len(micro)).backward()
+                loss_sum += loss.item() / len(micro)
+                tokens += int(am.sum())
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             step += 1
-            tokens += int(am.sum())
             bar.update(1)
-            writer.add_scalar("train/loss", loss.item(), step)
+            writer.add_scalar("train/loss", models.reduce_mean({"loss": loss_sum})["loss"], step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
-            writer.add_scalar("charts/tokens_per_second", tokens / (time.time() - start), step)
+            writer.add_scalar("charts/tokens_per_second", tokens * world / (time.time() - start), step)
             if step % args.eval_every == 0 or step == num_steps:
-                ev = evaluate(model, tokenizer, eval_batches, eval_prompts, args)
+                ev = evaluate(model, tokenizer, eval_batches, eval_prompts, args, autocast, rank, world)
                 for k, v in ev.items():
                     if k != "samples":
                         writer.add_scalar(k, v, step)
-                bar.set_postfix(loss=f"{loss.item():.3f}", eval_loss=f"{ev['eval/loss']:.3f}")
+                bar.set_postfix(loss=f"{loss_sum:.3f}", eval_loss=f"{ev['eval/loss']:.3f}")
     bar.close()
 
     after = ev
-    if "samples" in after:
-        writer.add_text("samples", "\n\n".join(f"**{p}** {r}" for p, r in after["samples"]), step)
-        for p, r in after["samples"][:4]:
-            print(f"  {p} -> {r}")
     out_dir = args.output_dir or os.path.join("runs", run_name, "model")
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    summary = f"sft: eval loss {before['eval/loss']:.3f} -> {after['eval/loss']:.3f}"
-    if "eval/gold" in after:
-        summary += (f", eval gold {before['eval/gold']:.3f} -> {after['eval/gold']:.3f} (best {task.BEST_GOLD}), "
-                    f"states an answer {after['eval/states_answer']:.0%}, correct {after['eval/correct']:.0%}")
-    print(summary + f", {time.time() - start:.0f}s, saved to {out_dir}")
+    if rank == 0:
+        if "samples" in after:
+            writer.add_text("samples", "\n\n".join(f"**{p}** {r}" for p, r in after["samples"]), step)
+            for p, r in after["samples"][:4]:
+                print(f"  {p} -> {r}")
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        summary = f"sft: eval loss {before['eval/loss']:.3f} -> {after['eval/loss']:.3f}"
+        if "eval/gold" in after:
+            summary += (f", eval gold {before['eval/gold']:.3f} -> {after['eval/gold']:.3f} (best {task.BEST_GOLD}), "
+                        f"states an answer {after['eval/states_answer']:.0%}, correct {after['eval/correct']:.0%}")
+        print(summary + f", {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
     writer.close()
+    if world > 1:
+        torch.distributed.destroy_process_group()

@@ -1,4 +1,4 @@
-"""Loading models and tokenizers, devices, seeding, run directories, and reading a scalar reward."""
+"""Loading models and tokenizers, devices and torchrun, seeding, run directories, and reading a scalar reward."""
 
 import os
 import random
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +79,37 @@ def device_and_dtype(cuda=True):
     return torch.device("cpu"), torch.float32
 
 
+def setup_distributed(cuda=True):
+    """(rank, world_size, device, dtype). Under `torchrun --nproc_per_node N` (WORLD_SIZE > 1) each process
+    joins the process group, NCCL on GPUs and gloo on CPU, and takes the GPU of its LOCAL_RANK."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device, dtype = device_and_dtype(cuda)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device, dtype
+
+
+def reduce_mean(values, weight=1.0):
+    """Average a dict of floats over all ranks, each rank's values weighted by `weight` (its number of
+    examples, so the result is the mean over the global batch). One all_reduce; a no-op without torchrun."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return dict(values)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([v * weight for v in values.values()] + [weight], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: (t[i] / t[-1]).item() for i, k in enumerate(values)}
+
+
+class SilentWriter:
+    """The TensorBoard writer of ranks other than 0: only rank 0 logs."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def seed_everything(seed, deterministic=True):
     random.seed(seed)
     np.random.seed(seed)
@@ -85,11 +117,14 @@ def seed_everything(seed, deterministic=True):
     torch.backends.cudnn.deterministic = deterministic
 
 
-def make_run(exp_name, seed, args):
-    """run_name and a TensorBoard writer logging to runs/<run_name>, with the hyperparameters as a table."""
+def make_run(exp_name, seed, args, rank=0):
+    """run_name and a TensorBoard writer logging to runs/<run_name>, with the hyperparameters as a table
+    (on rank 0; other ranks get a writer that writes nothing)."""
     from torch.utils.tensorboard import SummaryWriter
 
     run_name = f"{exp_name}__{seed}__{int(time.time())}"
+    if rank != 0:
+        return run_name, SilentWriter()
     writer = SummaryWriter(os.path.join("runs", run_name))
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")

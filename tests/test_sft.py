@@ -53,3 +53,21 @@ def test_sft_any_causal_lm_on_a_jsonl_file(tmp_path, gpt2_no_pad):
     assert loss1 < loss0
     assert "train demonstrations:" in out
     AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+
+
+def test_sft_under_torchrun_two_processes(tmp_path):
+    """DDP on CPU (gloo): both ranks train, rank 0 alone logs and saves."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "sft.py"), "--num-epochs", "1",
+           "--demos-per-prompt", "1", "--per-device-batch-size", "16", "--max-new-tokens", "16", "--output-dir", str(tmp_path / "m")]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    loss0, loss1, _, _ = _summary(p.stdout)
+    assert loss1 < 0.5 * loss0 and "on 2 process(es)" in p.stdout
+    assert p.stdout.count("sft: eval loss") == 1  # one summary: rank 0's
+    AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert len(list((tmp_path / "runs").iterdir())) == 1
