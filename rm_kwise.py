@@ -1,0 +1,340 @@
+"""K-wise reward model: train a scalar reward on rankings of K completions per prompt (InstructGPT, step 2).
+
+Each prompt comes with K ranked completions (best first; K may differ between prompts, InstructGPT's 4 to 9).
+All completions of a batch of prompts go through the model in one forward pass, each once (K passes per
+prompt, not 2 x C(K,2)); their scores are laid out as a (prompts, Kmax) tensor with a mask for the ragged K.
+    --loss pairwise        all C(K,2) pairs of a prompt, averaged per prompt (Ouyang et al. 2022, InstructGPT)
+    --loss plackett-luce   the likelihood of the whole ranking (Zhu, Jiao, Jordan 2023; Starling)
+    --loss best-of-k       softmax cross-entropy on the best completion (Ziegler et al. 2019, lm-human-preferences)
+    --shuffle-pairs        the ablation InstructGPT warns against: every pair an independent example
+    python rm_kwise.py                                            # the embedded task, bundled base policy
+    python rm_kwise.py --loss pairwise --shuffle-pairs            # the ablation
+    python rm_kwise.py --model gpt2 --dataset rankings.jsonl      # {"prompt", "completions": [best first, ...]}
+The saved model loads with AutoModelForSequenceClassification; config.reward_mean / reward_std hold the
+normalization (normalized reward = (raw - reward_mean) / reward_std), as rm_bt.py saves it.
+"""
+
+import math
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+
+from common import data, models, task
+
+
+@dataclass
+class Args:
+    exp_name: str = "rm_kwise"
+    """the name of this experiment (the run is logged to runs/<exp_name>__<seed>__<time>)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """sets torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA when available (bf16 where supported)"""
+    trust_remote_code: bool = False
+    """allow model code from the hub (off unless you trust it)"""
+
+    model: str = models.BUNDLED_MODEL
+    """the model to start from (the SFT model, as in InstructGPT): a hub name or local path; it gets a fresh scalar head"""
+    dataset: str = "embedded"
+    """'embedded' (rankings by the task's simulated labeler), a local .jsonl/.json file or a hub dataset of K-wise rows"""
+    k_min: int = 4
+    """embedded task only: fewest completions ranked per prompt"""
+    k_max: int = 9
+    """embedded task only: most completions ranked per prompt"""
+    num_train_prompts: int = 0
+    """embedded task only: train on the first N train prompts (0: all 1566), for quick runs and learning curves"""
+    loss: Literal["pairwise", "plackett-luce", "best-of-k"] = "plackett-luce"
+    """the K-wise loss (see the functions of the same names)"""
+    shuffle_pairs: bool = False
+    """split every ranking into its C(K,2) pairs and shuffle them across the dataset as independent examples (needs --loss pairwise)"""
+    output_dir: str = ""
+    """where to save the reward model and tokenizer (default runs/<run_name>/model)"""
+    num_epochs: int = 4
+    """passes over the rankings"""
+    prompts_per_batch: int = 16
+    """prompts per optimizer step (all their completions are forwarded together)"""
+    pairs_per_batch: int = 0
+    """--shuffle-pairs only: pairs per optimizer step (0: as many as a per-prompt batch holds on average, so both take the same number of steps)"""
+    learning_rate: float = 1e-3
+    """peak learning rate (linear warmup, then cosine decay to 0); use ~1e-5 for a pretrained model"""
+    warmup_ratio: float = 0.05
+    """fraction of steps with linear warmup"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    forward_chunk: int = 32
+    """sequences per forward pass: a step's completions are sorted by length into chunks of this size (less padding)"""
+    max_length: int = 96
+    """longest prompt + completion in tokens; longer ones are truncated (counted)"""
+    max_prompt_length: int = 32
+    """longest prompt in tokens; its end is kept"""
+    eval_every: int = 50
+    """optimizer steps between evaluations on the held-out rankings"""
+    reference: str = "auto"
+    """responses the reward is normalized on: 'auto' (the embedded task's SFT demonstrations, else the train set's completions) or a {"prompt", "completion"} file"""
+    reference_size: int = 1024
+    """how many reference responses to score for the normalization"""
+    normalize_std: bool = False
+    """also set a gain so the reference rewards have std 1 (lm-human-preferences); otherwise only a bias (Stiennon et al.)"""
+
+
+def _pairs(mask):
+    """(P, K, K) True where slot i is ranked above slot j (i < j) and both are real completions."""
+    K = mask.shape[1]
+    above = torch.ones(K, K, dtype=torch.bool, device=mask.device).triu(1)
+    return mask[:, :, None] & mask[:, None, :] & above
+
+
+def pairwise_loss(scores, mask):
+    """InstructGPT's loss: -1/C(K,2) * sum_{i ranked above j} log sigmoid(r_i - r_j) per prompt, then the mean
+    over prompts, so every prompt weighs the same whatever its K. scores (P, K) best first, mask (P, K) bool.
+    Padded slots are replaced by 0 before any arithmetic, so they change neither the loss nor any gradient."""
+    s = torch.where(mask, scores, 0.0)
+    pairs = _pairs(mask)
+    logsig = F.logsigmoid(s[:, :, None] - s[:, None, :])  # (P, K, K) log sigmoid(r_i - r_j)
+    per_prompt = torch.where(pairs, logsig, 0.0).sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)
+    return -per_prompt.mean()
+
+
+def plackett_luce_loss(scores, mask):
+    """Negative log-likelihood of the ranking y_1 > ... > y_K under Plackett-Luce (Zhu et al. 2023; Starling):
+    -sum_k [r_k - logsumexp(r_k, ..., r_K)], the best chosen from all, the next from the rest, ...; the mean
+    over prompts. With K = 2 it is Bradley-Terry. Each logsumexp runs over real completions only."""
+    s = torch.where(mask, scores, 0.0)
+    K = mask.shape[1]
+    rest = mask[:, None, :] & torch.ones(K, K, dtype=torch.bool, device=mask.device).triu()  # (P, K, K) j >= k, real
+    rest = rest | ~mask[:, :, None]  # a padded slot's row runs over everything: finite, and masked out below
+    lse = torch.logsumexp(torch.where(rest, s[:, None, :], -torch.inf), dim=-1)  # (P, K)
+    return -torch.where(mask, s - lse, 0.0).sum(1).mean()
+
+
+def best_of_k_loss(scores, mask):
+    """Softmax cross-entropy on the best completion: -[r_1 - logsumexp(r_1, ..., r_K)] (lm-human-preferences'
+    best-of-4), the first Plackett-Luce factor only; the mean over prompts."""
+    s = torch.where(mask, scores, -torch.inf)
+    return -(torch.where(mask, scores, 0.0)[:, 0] - torch.logsumexp(s, dim=1)).mean()
+
+
+LOSSES = {"pairwise": pairwise_loss, "plackett-luce": plackett_luce_loss, "best-of-k": best_of_k_loss}
+
+
+def agreement(scores, reference, mask):
+    """Fraction of pairs that the scores order as the reference does: reference (P, K) is either the label
+    order (slot i above slot j for i < j) or a score such as the gold reward, whose ties are left out.
+    A tie in the scores counts half."""
+    sign = torch.sign(scores[:, :, None] - scores[:, None, :])
+    ref = torch.sign(reference[:, :, None] - reference[:, None, :])
+    pairs = _pairs(mask) & (ref != 0)
+    return ((sign * ref + 1) / 2)[pairs].mean().item()
+
+
+def ranking_metrics(scores, mask):
+    """Against the label order (slot 0 best): pooled pairwise accuracy, top-1 accuracy, and Kendall's tau
+    (tau-a: (concordant - discordant) / C(K,2) per prompt) averaged over prompts."""
+    label = -torch.arange(mask.shape[1], dtype=scores.dtype, device=scores.device).expand_as(scores)
+    pairs = _pairs(mask)
+    concordance = torch.sign(scores[:, :, None] - scores[:, None, :]) * pairs  # +1 concordant, -1 discordant
+    tau = concordance.sum((1, 2)) / pairs.sum((1, 2))
+    top1 = scores.masked_fill(~mask, -torch.inf).argmax(1) == 0
+    return {"accuracy": agreement(scores, label, mask), "top1_accuracy": top1.float().mean().item(), "kendall_tau": tau.mean().item()}
+
+
+def score_sequences(model, seqs, pad_id, device, chunk=32):
+    """(N,) raw rewards of token-id lists, read at the last real token (models.reward_at_last_token). Each
+    sequence is forwarded once; sorted by length into chunks, each padded only to its own longest (about 2x
+    faster here than padding all to the longest; the rewards and gradients are the same)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    parts = []
+    for b in range(0, len(seqs), chunk):
+        batch = [seqs[i] for i in order[b : b + chunk]]
+        ids = data.pad(batch, pad_id).to(device)
+        attention_mask = data.pad([[1] * len(s) for s in batch], 0).to(device)
+        parts.append(models.reward_at_last_token(model, ids, attention_mask))
+    rewards = torch.cat(parts)
+    return rewards[torch.argsort(torch.tensor(order, device=rewards.device))]  # back to the given order
+
+
+def score_rankings(model, rankings, pad_id, device, chunk=32):
+    """(P, Kmax) scores and mask for P rankings of K_i token-id lists each: all sum(K_i) completions are scored
+    together, each once, and scattered back row by row; no fake completions fill the ragged K."""
+    k = torch.tensor([len(r) for r in rankings], device=device)
+    mask = torch.arange(int(k.max()), device=device)[None, :] < k[:, None]  # (P, Kmax)
+    flat = score_sequences(model, [s for r in rankings for s in r], pad_id, device, chunk)  # (sum K_i,)
+    return flat.new_zeros(mask.shape).masked_scatter(mask, flat), mask
+
+
+def encode_rankings(rows, tokenizer, args):
+    """Token ids of every prompt + completion (EOS appended), grouped per prompt best first, and the
+    completions' lengths in tokens."""
+    counts, ids, lengths = Counter(), [], []
+    for r in rows:
+        enc = [data.encode(tokenizer, r["prompt"], c, args.max_length, args.max_prompt_length, counts) for c in r["completions"]]
+        ids.append([e[0] for e in enc])
+        lengths.append([sum(e[1]) for e in enc])
+    return ids, lengths, counts
+
+
+@torch.no_grad()
+def evaluate(model, eval_ids, pad_id, device, loss_fn, gold=None, lengths=None, chunk=32):
+    """Held-out loss and ranking metrics; agreement with the gold reward and the reward-length correlation
+    when given. Returns the metrics and the (P, Kmax) scores."""
+    model.eval()
+    scores, mask = score_rankings(model, eval_ids, pad_id, device, chunk)  # (P, Kmax)
+    model.train()
+    out = {"loss": loss_fn(scores, mask).item(), **ranking_metrics(scores, mask)}
+    if gold is not None:
+        out["gold_accuracy"] = agreement(scores, gold.to(device), mask)
+    if lengths is not None:  # Singhal et al. 2023: how much of the reward is length
+        r, n = scores[mask].double(), lengths.to(device)[mask].double()
+        out["reward_length_corr"] = torch.corrcoef(torch.stack([r, n]))[0, 1].item()
+    out["reward_mean"], out["reward_std"] = scores[mask].mean().item(), scores[mask].std().item()
+    return out, scores
+
+
+def padded(values, K):
+    """(P, K) float tensor of per-prompt lists, zero-padded (read through a mask only)."""
+    return torch.tensor([v + [0] * (K - len(v)) for v in values], dtype=torch.float32)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    if args.shuffle_pairs and args.loss != "pairwise":
+        raise SystemExit("--shuffle-pairs trains on single pairs, so it needs --loss pairwise (Bradley-Terry on each pair)")
+    run_name, writer = models.make_run(args.exp_name, args.seed, args)
+    models.seed_everything(args.seed, args.torch_deterministic)
+    device, dtype = models.device_and_dtype(args.cuda)
+
+    # The reward model starts from the SFT model with a fresh scalar head (InstructGPT); dropout off
+    tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
+    model = models.disable_dropout(models.load_reward_model(args.model, dtype, args.trust_remote_code)).to(device)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    loss_fn = LOSSES[args.loss]
+
+    # Data: rankings best first; the eval rankings are on prompts never trained on
+    embedded = args.dataset == "embedded"
+    if embedded:
+        labeler = task.Labeler()
+        train_prompts, eval_prompts = task.split_prompts()
+        train_prompts = train_prompts[: args.num_train_prompts or None]
+        train_rows = task.make_rankings(train_prompts, labeler, args.k_min, args.k_max, seed=args.seed)
+        eval_rows = task.make_rankings(eval_prompts, labeler, args.k_min, args.k_max, seed=args.seed + 1)
+    else:
+        train_rows, eval_rows = data.load_rows(args.dataset, "kwise")
+    train_ids, _, counts = encode_rankings(train_rows, tokenizer, args)
+    data.report(counts, "train rankings")
+    eval_ids, eval_lengths, counts = encode_rankings(eval_rows, tokenizer, args)
+    data.report(counts, "eval rankings")
+    K = max(len(r["completions"]) for r in eval_rows)
+    eval_lengths = padded(eval_lengths, K)
+    # Gold agreement and the labeler's ceiling where the ground truth is known (task prompts / the embedded labeler)
+    has_gold = all(isinstance(r["prompt"], str) and task.correct_answer(r["prompt"]) is not None for r in eval_rows)
+    has_gold = has_gold and all(isinstance(c, str) for r in eval_rows for c in r["completions"])
+    gold = padded([[task.gold_reward(r["prompt"], c) for c in r["completions"]] for r in eval_rows], K) if has_gold else None
+    # Every pair of a Plackett-Luce ranking has the Bradley-Terry marginal, so a perfect model's expected pairwise
+    # accuracy is the mean of labeler.ceiling over all eval pairs
+    ceiling = None
+    if embedded:
+        ceil = [labeler.ceiling(r["prompt"], c[i], c[j]) for r in eval_rows for c in [r["completions"]] for i in range(len(c)) for j in range(i + 1, len(c))]
+        ceiling = sum(ceil) / len(ceil)
+        print(f"labeler's ceiling on held-out pairwise accuracy: {ceiling:.3f} ({len(ceil)} eval pairs)")
+
+    # Batches: per prompt (all C(K,2) pairs of a prompt in one batch element, InstructGPT), or shuffled pairs
+    steps_per_epoch = math.ceil(len(train_ids) / args.prompts_per_batch)
+    if args.shuffle_pairs:
+        units = [(p, i, j) for p, r in enumerate(train_ids) for i in range(len(r)) for j in range(i + 1, len(r))]
+        per_step = args.pairs_per_batch or math.ceil(len(units) / steps_per_epoch)
+        print(f"shuffled pairs: {len(units)} pairs from {len(train_ids)} rankings, {per_step} pairs per step")
+    else:
+        units, per_step = list(range(len(train_ids))), args.prompts_per_batch
+    num_steps = args.num_epochs * math.ceil(len(units) / per_step)
+    warmup = int(args.warmup_ratio * num_steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    rng = random.Random(args.seed)
+    pad_id = tokenizer.pad_token_id
+
+    def log_eval(step):
+        ev, _ = evaluate(model, eval_ids, pad_id, device, loss_fn, gold, eval_lengths, args.forward_chunk)
+        for k, v in ev.items():
+            writer.add_scalar(f"eval/{k}", v, step)
+        if ceiling is not None:
+            writer.add_scalar("eval/ceiling", ceiling, step)
+        return ev
+
+    before = log_eval(0)
+    print(f"before training: eval loss {before['loss']:.3f}, pairwise accuracy {before['accuracy']:.3f}")
+    step, sequences, start = 0, 0, time.time()
+    bar = tqdm(total=num_steps, desc=f"rm_kwise {args.loss}" + (" shuffled pairs" if args.shuffle_pairs else ""))
+    for epoch in range(args.num_epochs):
+        rng.shuffle(units)
+        for b in range(0, len(units), per_step):
+            batch = units[b : b + per_step]
+            if args.shuffle_pairs:  # each pair its own example: 2 forwards per pair, a (B, 2) "ranking"
+                rankings = [[train_ids[p][i], train_ids[p][j]] for p, i, j in batch]
+            else:
+                rankings = [train_ids[p] for p in batch]
+            scores, mask = score_rankings(model, rankings, pad_id, device, args.forward_chunk)  # (P, Kmax)
+            loss = loss_fn(scores, mask)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            sequences += int(mask.sum())
+            bar.update(1)
+            writer.add_scalar("loss/train", loss.item(), step)
+            writer.add_scalar("rewards/accuracies", ranking_metrics(scores.detach(), mask)["accuracy"], step)
+            writer.add_scalar("rewards/mean", scores.detach()[mask].mean().item(), step)
+            writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
+            writer.add_scalar("charts/epoch", epoch + b / len(units), step)
+            writer.add_scalar("charts/completions_per_second", sequences / (time.time() - start), step)
+            if step % args.eval_every == 0 or step == num_steps:
+                ev = log_eval(step)
+                bar.set_postfix(loss=f"{loss.item():.3f}", eval_acc=f"{ev['accuracy']:.3f}")
+    bar.close()
+    train_time = time.time() - start
+
+    # Normalization: the loss is shift-invariant, so set a bias for mean 0 on reference responses (Stiennon et
+    # al., InstructGPT), and with --normalize-std a gain for std 1 (lm-human-preferences)
+    if args.reference != "auto":
+        ref_rows = [r for rows in data.load_rows(args.reference, "sft") for r in rows]
+    elif embedded:
+        ref_rows = task.make_sft(train_prompts, 1, seed=args.seed + 2)
+    else:
+        ref_rows = [{"prompt": r["prompt"], "completion": c} for r in train_rows for c in r["completions"]]
+    ref_rows = random.Random(args.seed).sample(ref_rows, min(args.reference_size, len(ref_rows)))
+    counts = Counter()
+    ref_ids = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts)[0] for r in ref_rows]
+    data.report(counts, "reference responses")
+    model.eval()
+    with torch.no_grad():
+        ref = score_sequences(model, ref_ids, pad_id, device, args.forward_chunk)
+    model.config.reward_mean = ref.mean().item()
+    model.config.reward_std = ref.std().item() if args.normalize_std else 1.0
+    writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
+    writer.add_scalar("eval/reference_reward_std", ref.std().item(), step)
+
+    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    summary = f"rm_kwise ({args.loss}{', shuffled pairs' if args.shuffle_pairs else ''}): eval pairwise accuracy {before['accuracy']:.3f} -> {ev['accuracy']:.3f}"
+    if ceiling is not None:
+        summary += f" (labeler's ceiling {ceiling:.3f}, {100 * (ceiling - ev['accuracy']):.1f} points below)"
+    summary += f", top-1 {ev['top1_accuracy']:.3f}, Kendall tau {ev['kendall_tau']:.3f}, eval loss {ev['loss']:.3f}"
+    if gold is not None:
+        summary += f", gold agreement {ev['gold_accuracy']:.3f}"
+    summary += (f", reward-length corr {ev['reward_length_corr']:+.2f}, reward_mean {model.config.reward_mean:.3f} reward_std "
+                f"{model.config.reward_std:.3f}, {sequences / train_time:.0f} completions/s, {train_time:.0f}s, saved to {out_dir}")
+    print(summary)
+    writer.close()
