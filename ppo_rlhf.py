@@ -1,0 +1,453 @@
+"""PPO for language models with a per-token KL penalty and GAE: the RL step of RLHF (InstructGPT, step 3).
+
+Ziegler et al. 2019 (KL-shaped reward, adaptive KL), Stiennon et al. 2020 (value function from the reward model),
+Ouyang et al. 2022 (InstructGPT, PPO-ptx), Schulman et al. 2017 (PPO) and 2015 (GAE), and the "N implementation
+details of RLHF with PPO" (Huang et al.): each detail is a commented line below.
+    python ppo_rlhf.py                                   # bundled base policy, the embedded task's gold reward
+    python ppo_rlhf.py --reward-model runs/rm_bt__1__.../model   # a reward model from rm_bt.py or rm_kwise.py
+    python ppo_rlhf.py --model gpt2 --reward-model <hub RM> --dataset prompts.jsonl
+"""
+
+import copy
+import os
+import random
+import time
+from collections import Counter, defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+from transformers import GenerationConfig
+
+from common import data, models, task
+
+
+@dataclass
+class Args:
+    exp_name: str = "ppo_rlhf"
+    """the name of this experiment (the run is logged to runs/<exp_name>__<seed>__<time>)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """sets torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA when available (bf16 autocast where supported)"""
+    trust_remote_code: bool = False
+    """allow model code from the hub (off unless you trust it)"""
+
+    model: str = models.BUNDLED_MODEL
+    """the policy to start from (an SFT model): a hub name or local path; a frozen copy is the KL reference"""
+    reward_model: str = "gold"
+    """'gold' (the embedded task's gold reward on the decoded text), or a sequence-classification model directory or hub name (rm_bt.py / rm_kwise.py output)"""
+    value_head_on_policy: bool = False
+    """a scalar value head on the policy's last hidden state (lm-human-preferences) instead of a separate value network"""
+    dataset: str = "embedded"
+    """prompts: 'embedded' (the task's train prompts; its eval prompts for evaluation), or a .jsonl/.json file or hub dataset of {"prompt"} rows"""
+    num_eval_prompts: Optional[int] = None
+    """evaluate on the first N held-out prompts only (default: all of them)"""
+    output_dir: str = ""
+    """where to save the trained policy and tokenizer (default runs/<run_name>/model)"""
+
+    total_episodes: int = 8192
+    """prompts (and responses) to train on in all; updates = total_episodes // rollout_batch_size"""
+    rollout_batch_size: int = 64
+    """prompts sampled per rollout (one PPO update)"""
+    num_mini_batches: int = 2
+    """minibatches each rollout is split into, per PPO epoch"""
+    num_ppo_epochs: int = 4
+    """passes over each rollout"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the policy and the value function, decayed linearly to 0"""
+    max_grad_norm: float = 1.0
+    """gradient norm clipping"""
+    response_length: int = 64
+    """longest response in tokens; a response that has not stopped by then is cut (and gets the missing-EOS penalty)"""
+    max_prompt_length: int = 64
+    """longest prompt in tokens; its end is kept (counted)"""
+    temperature: float = 1.0
+    """sampling temperature; log-probs of policy, reference and old policy all come from logits / temperature"""
+    stop_token: str = ""
+    """a token that also ends a response (besides EOS); everything after it is masked"""
+    missing_eos_penalty: float = 1.0
+    """subtracted from the score of a response that never stopped (0 to disable)"""
+
+    kl_coef: float = 0.05
+    """beta, the per-token KL penalty coefficient (the initial value when target_kl is set)"""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """per-token KL estimator: k1 = log(pi/ref) (unbiased, can be negative), k3 = (r - 1) - log r with r = ref/pi (never negative)"""
+    kl_clamp: bool = False
+    """clamp the per-token KL at 0 (AlpacaFarm)"""
+    target_kl: Optional[float] = None
+    """when set, the adaptive KL controller (Ziegler et al. 2019) steers the sequence KL towards this many nats"""
+    kl_horizon: int = 10000
+    """horizon of the adaptive KL controller, in episodes"""
+    whiten_rewards: bool = False
+    """whiten the shaped rewards over valid tokens, without shifting their mean"""
+    gamma: float = 1.0
+    """discount factor"""
+    lam: float = 0.95
+    """GAE lambda"""
+    cliprange: float = 0.2
+    """PPO clip range of the policy ratio"""
+    cliprange_value: float = 0.2
+    """clip range of the value prediction around the rollout's value"""
+    vf_coef: float = 0.1
+    """value loss coefficient"""
+    ptx_coef: float = 0.0
+    """PPO-ptx (InstructGPT): coefficient of the demonstration log-likelihood added to the objective (0 = off)"""
+    ptx_dataset: str = "embedded"
+    """demonstrations for PPO-ptx: 'embedded' (task.make_sft on the train prompts) or a {"prompt", "completion"} file / hub dataset"""
+    ptx_batch_size: int = 16
+    """demonstrations per minibatch for the PPO-ptx term"""
+    log_samples_every: int = 20
+    """updates between tables of prompts, responses and scores in TensorBoard (and evaluations on the eval prompts)"""
+
+
+# ---------------------------------------------------------------- the math (pure functions, tested in tests/test_ppo_rlhf.py)
+
+def per_token_kl(logprobs, ref_logprobs, estimator="k1", clamp=False):
+    """(B, T) KL(pi || ref) estimate per sampled token, with log r = ref_logprobs - logprobs (Schulman's note):
+    k1 = -log r (unbiased, can be negative), k3 = (exp(log r) - 1) - log r (unbiased, never negative).
+    clamp: max(kl, 0), as AlpacaFarm does with k1."""
+    log_ratio = ref_logprobs - logprobs
+    kl = -log_ratio if estimator == "k1" else torch.expm1(log_ratio) - log_ratio
+    return kl.clamp(min=0.0) if clamp else kl
+
+
+def adaptive_kl_update(beta, kl, target, n_steps, horizon):
+    """Ziegler et al. 2019: e = clip(KL / target - 1, -0.2, 0.2); beta <- beta * (1 + e * n_steps / horizon)."""
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return beta * (1.0 + error * n_steps / horizon)
+
+
+def shape_rewards(kl, scores, mask, beta):
+    """(rewards, non_score_rewards), each (B, T): r_t = -beta * kl_t on every response token, plus the score on the
+    last response token, EOS included (TRL once put it one slot later, on padding), never on padding."""
+    non_score = -beta * kl * mask
+    rewards = non_score.clone()
+    last = models.last_token_index(mask)  # the stop token when there is one, else the last sampled token
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards, non_score
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum()
+
+
+def masked_whiten(x, mask, shift_mean=True, eps=1e-8):
+    """(x - mean) / std over the valid tokens only (padding does not count); shift_mean=False keeps the mean
+    (reward whitening in lm-human-preferences / AlpacaFarm). Padding positions are set to 0."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask) * mask.sum() / (mask.sum() - 1).clamp(min=1)  # unbiased
+    white = (x - mean) * torch.rsqrt(var + eps)
+    return (white if shift_mean else white + mean) * mask
+
+
+def compute_gae(rewards, values, mask, gamma=1.0, lam=0.95):
+    """(advantages, returns), each (B, T), over response tokens (Schulman et al. 2015):
+    delta_t = r_t + gamma * V_{t+1} - V_t (V after the last valid token is 0), A_t = delta_t + gamma * lam * A_{t+1},
+    returns = A + V. Padding holds r = V = 0, so it adds nothing and its advantage is 0."""
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(next_adv)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        advantages[:, t] = next_adv
+    return advantages, advantages + values
+
+
+def ppo_losses(logprobs, old_logprobs, advantages, vpred, old_values, returns, mask, cliprange=0.2, cliprange_value=0.2):
+    """(policy_loss, value_loss, stats) of PPO (Schulman et al. 2017), means over valid tokens:
+    policy: max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)) with ratio = exp(logp - logp_old);
+    value: 0.5 * max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)."""
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    pg_losses = -advantages * ratio
+    pg_losses2 = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
+    policy_loss = masked_mean(torch.maximum(pg_losses, pg_losses2), mask)
+    vpred_clipped = old_values + (vpred - old_values).clamp(-cliprange_value, cliprange_value)
+    vf_losses = torch.maximum((vpred - returns) ** 2, (vpred_clipped - returns) ** 2)
+    value_loss = 0.5 * masked_mean(vf_losses, mask)
+    with torch.no_grad():
+        stats = {
+            "ratio": masked_mean(ratio, mask).item(),
+            "clipfrac": masked_mean((pg_losses2 > pg_losses).float(), mask).item(),
+            "approxkl": masked_mean(0.5 * log_ratio**2, mask).item(),  # k2, the usual diagnostic
+            "vf_clipfrac": masked_mean(((vpred - returns) ** 2 < (vpred_clipped - returns) ** 2).float(), mask).item(),
+        }
+    return policy_loss, value_loss, stats
+
+
+# ---------------------------------------------------------------- rollouts
+
+def generation_config(tokenizer, stop_ids, response_length, temperature):
+    """Pure sampling at temperature with the KV cache: every other logits processor set to neutral explicitly, so a
+    model's own generation_config.json (top-k, top-p, repetition penalty) cannot change what is sampled."""
+    return GenerationConfig(
+        do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None, typical_p=1.0, repetition_penalty=1.0,
+        no_repeat_ngram_size=0, min_new_tokens=0, max_new_tokens=response_length, eos_token_id=stop_ids,
+        pad_token_id=tokenizer.pad_token_id, bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None,
+    )
+
+
+def truncate_after_stop(responses, stop_ids, pad_id):
+    """(responses, mask, stopped): keep each response up to and including its first stop token; after it, pad ids
+    and mask 0. `stopped` says which responses ended with a stop token (the others ran out of length)."""
+    is_stop = torch.isin(responses, torch.tensor(stop_ids, device=responses.device))
+    stops_before = torch.cumsum(is_stop, dim=1) - is_stop.long()  # stop tokens strictly before position t
+    mask = (stops_before == 0).long()
+    return torch.where(mask.bool(), responses, pad_id), mask, is_stop.any(dim=1)
+
+
+def forward_logprobs(model, seq, mask, context_length, temperature, hidden=False):
+    """(logprobs, entropy, last_hidden) of the response tokens seq[:, context_length:], each (B, T): the same code
+    for policy, reference and old policy, logits / temperature (else KL and ratios are wrong), position ids
+    from the attention mask (queries are left-padded)."""
+    out = model(input_ids=seq, attention_mask=mask, position_ids=models.position_ids_from_mask(mask), output_hidden_states=hidden)
+    logits = out.logits[:, context_length - 1 : -1].float() / temperature  # the logits at t - 1 predict token t
+    logp_all = F.log_softmax(logits, dim=-1)
+    logprobs = logp_all.gather(-1, seq[:, context_length:, None]).squeeze(-1)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprobs, entropy, out.hidden_states[-1][:, context_length - 1 : -1] if hidden else None
+
+
+def forward_values(value_model, seq, mask, context_length):
+    """(B, T) V(s_t) for the state before each response token: the scalar head on the hidden state at t - 1."""
+    out = value_model.base_model(input_ids=seq, attention_mask=mask, position_ids=models.position_ids_from_mask(mask))
+    return value_model.score(out.last_hidden_state).squeeze(-1)[:, context_length - 1 : -1].float()
+
+
+@torch.no_grad()
+def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temperature):
+    """Sample one response per query and score its tokens under policy and reference. queries: lists of ids."""
+    device = next(policy.parameters()).device
+    query = data.pad(queries, tokenizer.pad_token_id, side="left").to(device)  # left-padded for generation
+    query_mask = data.pad([[1] * len(q) for q in queries], 0, side="left").to(device)
+    seq = policy.generate(input_ids=query, attention_mask=query_mask, generation_config=gen_config)
+    context_length = query.shape[1]
+    responses, resp_mask, stopped = truncate_after_stop(seq[:, context_length:], stop_ids, tokenizer.pad_token_id)
+    seq = torch.cat([query, responses], dim=1)
+    mask = torch.cat([query_mask, resp_mask], dim=1)
+    logprobs, entropy, _ = forward_logprobs(policy, seq, mask, context_length, temperature)
+    ref_logprobs, _, _ = forward_logprobs(ref_policy, seq, mask, context_length, temperature)
+    texts = [tokenizer.decode(r[m.bool() & ~torch.isin(r, torch.tensor(stop_ids, device=device))], skip_special_tokens=True).strip()
+             for r, m in zip(responses, resp_mask)]
+    return dict(seq=seq, mask=mask, context_length=context_length, resp_mask=resp_mask.float(), stopped=stopped,
+                logprobs=logprobs, ref_logprobs=ref_logprobs, entropy=entropy, texts=texts)
+
+
+@torch.no_grad()
+def score_responses(prompts, texts, seq, mask, reward_model=None, rm_tokenizer=None, same_vocab=True):
+    """(B,) score of each response: the gold reward of the text, or the reward model's at the last real token
+    (EOS included), normalized with the reward_mean / reward_std saved in its config. A reward model with another
+    tokenizer reads the decoded text re-encoded with its own (AlpacaFarm), EOS appended as in its training."""
+    if reward_model is None:
+        return torch.tensor([task.gold_reward(p, t) for p, t in zip(prompts, texts)], device=seq.device)
+    if not same_vocab:
+        counts = Counter()
+        enc = [data.encode(rm_tokenizer, p, t if t else " ", 10**6, 10**6, counts)[0] for p, t in zip(prompts, texts)]
+        seq = data.pad(enc, rm_tokenizer.pad_token_id).to(seq.device)
+        mask = data.pad([[1] * len(e) for e in enc], 0).to(seq.device)
+    raw = models.reward_at_last_token(reward_model, seq, mask)
+    cfg = reward_model.config
+    return (raw - getattr(cfg, "reward_mean", 0.0)) / getattr(cfg, "reward_std", 1.0)
+
+
+def gold_of(prompts, texts):
+    """Mean gold reward over the task's prompts (None when no prompt is one of the task's)."""
+    golds = [task.gold_reward(p, t) for p, t in zip(prompts, texts) if isinstance(p, str) and task.correct_answer(p) is not None]
+    return sum(golds) / len(golds) if golds else None
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    device, dtype = models.device_and_dtype(args.cuda)
+    run_name, writer = models.make_run(args.exp_name, args.seed, args)
+    models.seed_everything(args.seed, args.torch_deterministic)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+
+    # Models: policy, frozen reference, reward (or gold), value; dropout off in all of them (N details)
+    tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
+    load = lambda loader, name: models.disable_dropout(loader(name, torch.float32, args.trust_remote_code)).to(device).eval()
+    policy = load(models.load_causal_lm, args.model)
+    ref_policy = copy.deepcopy(policy).requires_grad_(False)  # the frozen reference: the starting policy
+    reward_model = rm_tokenizer = None
+    same_vocab = True
+    if args.reward_model != "gold":
+        reward_model = load(models.load_reward_model, args.reward_model).requires_grad_(False)
+        rm_tokenizer = models.load_tokenizer(args.reward_model, args.trust_remote_code)
+        same_vocab = rm_tokenizer.get_vocab() == tokenizer.get_vocab()
+        print(f"reward model {args.reward_model}: reward_mean {getattr(reward_model.config, 'reward_mean', 0.0)}, "
+              f"reward_std {getattr(reward_model.config, 'reward_std', 1.0)}, "
+              + ("same tokenizer as the policy" if same_vocab else "another tokenizer: responses are decoded and re-encoded"))
+    if args.value_head_on_policy:  # lm-human-preferences: a scalar head on the policy's trunk, zero-initialized
+        value_model = None
+        value_head = torch.nn.Linear(policy.config.get_text_config().hidden_size, 1).to(device)
+        torch.nn.init.zeros_(value_head.weight), torch.nn.init.zeros_(value_head.bias)
+        value_params = list(value_head.parameters())
+    else:  # a separate network (Stiennon): from the reward model when it reads the policy's tokens, else from the policy
+        value_init = args.reward_model if reward_model is not None and same_vocab else args.model
+        value_model = load(models.load_reward_model, value_init)
+        value_params = list(value_model.parameters())
+        print(f"value network initialized from {value_init}" + (" (fresh scalar head)" if value_init == args.model else ""))
+    optimizer = torch.optim.Adam(list(policy.parameters()) + value_params, lr=args.learning_rate, eps=1e-5)
+
+    # Prompts: train prompts for rollouts, held-out prompts for the before/after evaluation
+    if args.dataset == "embedded":
+        train_prompts, eval_prompts = task.split_prompts()
+    else:
+        train_rows, eval_rows = data.load_rows(args.dataset, "prompt")
+        train_prompts, eval_prompts = [r["prompt"] for r in train_rows], [r["prompt"] for r in eval_rows]
+    eval_prompts = eval_prompts[: args.num_eval_prompts]
+    counts = Counter()
+    train_queries = [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in train_prompts]
+    data.report(counts, "train prompts")
+    counts = Counter()
+    eval_queries = [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in eval_prompts]
+    data.report(counts, "eval prompts")
+    if args.ptx_coef > 0:  # PPO-ptx: demonstrations whose log-likelihood is added to the objective
+        ptx_rows = task.make_sft(train_prompts, 1, seed=args.seed) if args.ptx_dataset == "embedded" else data.load_rows(args.ptx_dataset, "sft")[0]
+        counts = Counter()
+        ptx_data = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_prompt_length + args.response_length, args.max_prompt_length, counts) for r in ptx_rows]
+        data.report(counts, "ptx demonstrations")
+
+    stop_ids = [tokenizer.eos_token_id]
+    if args.stop_token:
+        stop_ids.append(tokenizer.convert_tokens_to_ids(args.stop_token))
+        assert stop_ids[-1] != tokenizer.unk_token_id, f"--stop-token {args.stop_token!r} is not one token of the tokenizer"
+    gen_config = generation_config(tokenizer, stop_ids, args.response_length, args.temperature)
+    num_updates = args.total_episodes // args.rollout_batch_size
+    minibatch_size = args.rollout_batch_size // args.num_mini_batches
+    assert num_updates >= 1 and minibatch_size >= 1, "need total_episodes >= rollout_batch_size >= num_mini_batches"
+
+    def evaluate(queries, prompts):
+        """Sampled responses to held-out prompts: mean gold, mean score, sequence KL to the reference (k1, nats)."""
+        out = defaultdict(list)
+        for i in range(0, len(queries), args.rollout_batch_size):
+            with autocast:
+                r = rollout(policy, ref_policy, tokenizer, queries[i : i + args.rollout_batch_size], gen_config, stop_ids, args.temperature)
+                s = score_responses(prompts[i : i + args.rollout_batch_size], r["texts"], r["seq"], r["mask"], reward_model, rm_tokenizer, same_vocab)
+            out["score"] += s.tolist()
+            out["kl"] += ((r["logprobs"] - r["ref_logprobs"]) * r["resp_mask"]).sum(1).tolist()
+            out["texts"] += r["texts"]
+        res = {k: sum(out[k]) / len(out[k]) for k in ("score", "kl")}
+        res["gold"] = gold_of(prompts, out["texts"])
+        res["samples"] = list(zip(prompts[:8], out["texts"][:8], out["score"][:8]))
+        return res
+
+    before = evaluate(eval_queries, eval_prompts)
+    print(f"before training: eval score {before['score']:.3f}" + (f", gold {before['gold']:.3f}" if before["gold"] is not None else ""))
+    rng = random.Random(args.seed)
+    order, beta, episodes, start = [], args.kl_coef, 0, time.time()
+    for update in tqdm(range(1, num_updates + 1), desc="ppo"):
+        lr = args.learning_rate * (1.0 - (update - 1) / num_updates)  # linear LR decay
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if len(order) < args.rollout_batch_size:  # a new pass over the train prompts, reshuffled
+            order += rng.sample(range(len(train_prompts)), len(train_prompts))
+        idx, order = order[: args.rollout_batch_size], order[args.rollout_batch_size :]
+        prompts = [train_prompts[i] for i in idx]
+
+        # 1. Rollout: sample, then log-probs of policy and reference, values, scores
+        with torch.no_grad(), autocast:
+            r = rollout(policy, ref_policy, tokenizer, [train_queries[i] for i in idx], gen_config, stop_ids, args.temperature)
+            seq, mask, L, resp_mask = r["seq"], r["mask"], r["context_length"], r["resp_mask"]
+            if value_model is not None:
+                values = forward_values(value_model, seq, mask, L)
+            else:
+                values = value_head(forward_logprobs(policy, seq, mask, L, args.temperature, hidden=True)[2]).squeeze(-1).float()
+            values = values * resp_mask
+            scores = score_responses(prompts, r["texts"], seq, mask, reward_model, rm_tokenizer, same_vocab)
+        gold = gold_of(prompts, r["texts"])
+        scores = scores - args.missing_eos_penalty * (~r["stopped"]).float()  # a response that never stopped is penalized
+
+        # 2. Rewards and advantages: per-token KL penalty, the score on the last token, GAE
+        kl = per_token_kl(r["logprobs"], r["ref_logprobs"], args.kl_estimator, args.kl_clamp) * resp_mask
+        rewards, non_score = shape_rewards(kl, scores, resp_mask, beta)
+        if args.whiten_rewards:
+            rewards = masked_whiten(rewards, resp_mask, shift_mean=False)
+        advantages, returns = compute_gae(rewards, values, resp_mask, args.gamma, args.lam)
+        advantages = masked_whiten(advantages, resp_mask)  # advantages whitened over valid tokens only
+        explained_var = 1 - masked_mean((returns - values - masked_mean(returns - values, resp_mask)) ** 2, resp_mask) / (
+            masked_mean((returns - masked_mean(returns, resp_mask)) ** 2, resp_mask) + 1e-8)
+
+        # 3. PPO epochs over the rollout in minibatches
+        stats = defaultdict(list)
+        for epoch in range(args.num_ppo_epochs):
+            perm = torch.randperm(args.rollout_batch_size)
+            for mb in perm[: minibatch_size * args.num_mini_batches].split(minibatch_size):
+                with autocast:
+                    logprobs, entropy, hidden = forward_logprobs(policy, seq[mb], mask[mb], L, args.temperature, hidden=value_model is None)
+                    vpred = forward_values(value_model, seq[mb], mask[mb], L) if value_model is not None else value_head(hidden).squeeze(-1).float()
+                    pg_loss, vf_loss, s = ppo_losses(logprobs, r["logprobs"][mb], advantages[mb], vpred, values[mb], returns[mb], resp_mask[mb],
+                                                     args.cliprange, args.cliprange_value)
+                    loss = pg_loss + args.vf_coef * vf_loss
+                    if args.ptx_coef > 0:  # PPO-ptx: + gamma * log pi(demonstration)
+                        demos = rng.sample(ptx_data, args.ptx_batch_size)
+                        ids = data.pad([d[0] for d in demos], tokenizer.pad_token_id).to(device)
+                        am = data.pad([[1] * len(d[0]) for d in demos], 0).to(device)
+                        cm = data.pad([d[1] for d in demos], 0).to(device)[:, 1:].float()
+                        logits = policy(input_ids=ids, attention_mask=am).logits[:, :-1].float()
+                        ptx_nll = -masked_mean(F.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1), cm)
+                        loss = loss + args.ptx_coef * ptx_nll
+                        stats["ptx"].append(ptx_nll.item())
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(list(policy.parameters()) + value_params, args.max_grad_norm)
+                optimizer.step()
+                for k, v in s.items():
+                    stats[k].append(v)
+                stats["pg_loss"].append(pg_loss.item()), stats["vf_loss"].append(vf_loss.item())
+                stats["entropy"].append(masked_mean(entropy, resp_mask[mb]).item())
+
+        # 4. Logging (names as in TRL / lm-human-preference-details), then the adaptive KL coefficient
+        episodes += args.rollout_batch_size
+        seq_kl = kl.sum(1).mean().item()
+        mean = lambda k: sum(stats[k]) / len(stats[k])
+        scalars = {
+            "objective/scores": scores.mean().item(), "objective/kl": seq_kl, "objective/kl_coef": beta,
+            "objective/entropy": (-r["logprobs"] * resp_mask).sum(1).mean().item(),
+            "objective/non_score_reward": non_score.sum(1).mean().item(),
+            "objective/rlhf_reward": (scores + non_score.sum(1)).mean().item(),
+            "policy/approxkl_avg": mean("approxkl"), "policy/clipfrac_avg": mean("clipfrac"), "policy/entropy_avg": mean("entropy"),
+            "loss/policy_avg": mean("pg_loss"), "loss/value_avg": mean("vf_loss"), "val/clipfrac_avg": mean("vf_clipfrac"),
+            "val/ratio": mean("ratio"), "val/explained_variance": explained_var.item(),
+            "val/num_eos_tokens": r["stopped"].sum().item(), "val/response_length": resp_mask.sum(1).mean().item(),
+            "charts/learning_rate": lr, "charts/SPS": episodes / (time.time() - start),
+        }
+        if gold is not None:
+            scalars["objective/gold"] = gold
+        if stats["ptx"]:
+            scalars["loss/ptx_avg"] = mean("ptx")
+        for k, v in scalars.items():
+            writer.add_scalar(k, v, episodes)
+        if args.target_kl is not None:
+            beta = adaptive_kl_update(beta, seq_kl, args.target_kl, args.rollout_batch_size, args.kl_horizon)
+        if update % args.log_samples_every == 0 or update == num_updates:
+            ev = evaluate(eval_queries, eval_prompts)
+            for k in ("score", "kl", "gold"):
+                if ev[k] is not None:
+                    writer.add_scalar(f"eval/{k}", ev[k], episodes)
+            rows = "\n".join(f"|{p}|{t}|{s:.2f}|" for p, t, s in ev["samples"])
+            writer.add_text("samples", f"|prompt|response|score|\n|-|-|-|\n{rows}", episodes)
+
+    after = ev
+    for p, t, s in after["samples"][:4]:
+        print(f"  {p} -> {t}  (score {s:.2f})")
+    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
+    policy.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    summary = "ppo_rlhf:"
+    if after["gold"] is not None:
+        summary += f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD}),"
+    if reward_model is not None:
+        summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f},"
+    print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in {time.time() - start:.0f}s, saved to {out_dir}")
+    writer.close()

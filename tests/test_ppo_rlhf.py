@@ -1,0 +1,254 @@
+"""ppo_rlhf.py: the KL estimators, the adaptive controller, reward shaping, whitening, GAE and the PPO losses against
+independent formulations; log-probs of a real rollout against the sampler's own; end-to-end runs."""
+
+import math
+import re
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import ppo_rlhf
+from common import data, models, task
+from conftest import run_script
+
+
+@pytest.fixture(autouse=True)
+def one_cpu_thread(monkeypatch):
+    """One CPU thread, here and in the scripts run: on a shared 2-core machine, spinning threads made them 6x slower."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- KL estimators and the adaptive controller
+
+def test_k1_k3_by_hand_and_unbiased_by_enumeration():
+    logp, ref = torch.tensor([math.log(0.5), math.log(0.2)]), torch.tensor([math.log(0.25), math.log(0.4)])
+    k1 = ppo_rlhf.per_token_kl(logp, ref, "k1")
+    k3 = ppo_rlhf.per_token_kl(logp, ref, "k3")
+    torch.testing.assert_close(k1, torch.tensor([math.log(2), math.log(0.5)]))
+    torch.testing.assert_close(k3, torch.tensor([(0.5 - 1) + math.log(2), (2 - 1) + math.log(0.5)]))
+    assert ppo_rlhf.per_token_kl(logp, ref, "k1", clamp=True).tolist() == pytest.approx([math.log(2), 0.0])
+    # both are unbiased: their expectation under pi is the exact KL(pi || ref), summed over the whole vocabulary
+    g = torch.Generator().manual_seed(0)
+    pi, rf = torch.randn(50, generator=g).log_softmax(0), torch.randn(50, generator=g).log_softmax(0)
+    exact = (pi.exp() * (pi - rf)).sum()
+    for est in ("k1", "k3"):
+        torch.testing.assert_close((pi.exp() * ppo_rlhf.per_token_kl(pi, rf, est)).sum(), exact)
+    assert (ppo_rlhf.per_token_kl(pi, rf, "k3") >= 0).all() and (ppo_rlhf.per_token_kl(pi, rf, "k1") < 0).any()
+
+
+def test_adaptive_kl_controller_update():
+    # Ziegler et al.: e = clip(KL / target - 1, -0.2, 0.2); beta *= 1 + e * n_steps / horizon
+    assert ppo_rlhf.adaptive_kl_update(0.1, 6.6, 6.0, 512, 10000) == pytest.approx(0.1 * (1 + 0.1 * 512 / 10000))
+    assert ppo_rlhf.adaptive_kl_update(0.1, 60.0, 6.0, 512, 10000) == pytest.approx(0.1 * (1 + 0.2 * 512 / 10000))
+    assert ppo_rlhf.adaptive_kl_update(0.1, 0.0, 6.0, 512, 10000) == pytest.approx(0.1 * (1 - 0.2 * 512 / 10000))
+    assert ppo_rlhf.adaptive_kl_update(0.1, 6.0, 6.0, 512, 10000) == 0.1
+    # closed loop: with KL proportional to 1/beta, beta settles where KL hits the target
+    beta = 0.05
+    for _ in range(3000):
+        beta = ppo_rlhf.adaptive_kl_update(beta, 0.6 / beta, 6.0, 100, 1000)
+    assert beta == pytest.approx(0.1, rel=0.02)
+
+
+# ---------------------------------------------------------------- rewards, whitening, GAE
+
+def test_shape_rewards_hand_built():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]).float()
+    kl = torch.tensor([[0.1, -0.2, 0.3, 9.0, 9.0], [0.0, 0.1, 0.1, 0.1, 0.1], [0.5, 9.0, 9.0, 9.0, 9.0]])
+    rewards, non_score = ppo_rlhf.shape_rewards(kl, torch.tensor([1.0, 2.0, 3.0]), mask, beta=0.1)
+    expected_ns = torch.tensor([[-0.01, 0.02, -0.03, 0, 0], [0, -0.01, -0.01, -0.01, -0.01], [-0.05, 0, 0, 0, 0]])
+    torch.testing.assert_close(non_score, expected_ns)
+    expected = expected_ns.clone()
+    expected[0, 2] += 1.0  # the last response token (the EOS), not the padding after it
+    expected[1, 4] += 2.0  # a response cut at the length limit: its last token
+    expected[2, 0] += 3.0  # a response that is only EOS
+    torch.testing.assert_close(rewards, expected)
+    assert (rewards[mask == 0] == 0).all()
+    # with the clamp (AlpacaFarm) a negative per-token KL adds no bonus
+    clamped = ppo_rlhf.per_token_kl(torch.zeros(3, 5), -kl, "k1", clamp=True) * mask
+    r2, _ = ppo_rlhf.shape_rewards(clamped, torch.tensor([1.0, 2.0, 3.0]), mask, beta=0.1)
+    assert r2[0, 1] == 0.0 and r2[0, 2] == pytest.approx(1.0 - 0.03)
+
+
+def test_masked_whiten_against_the_valid_tokens_alone():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 7, generator=g) * 3 + 2
+    mask = torch.tensor([[1] * 7, [1] * 3 + [0] * 4, [1] * 5 + [0] * 2, [1] + [0] * 6]).float()
+    valid = x[mask.bool()]
+    mean, std = valid.mean(), valid.std()  # unbiased std
+    white = ppo_rlhf.masked_whiten(x, mask)
+    torch.testing.assert_close(white[mask.bool()], (valid - mean) / std, atol=1e-5, rtol=1e-5)
+    keep = ppo_rlhf.masked_whiten(x, mask, shift_mean=False)
+    torch.testing.assert_close(keep[mask.bool()], (valid - mean) / std + mean, atol=1e-5, rtol=1e-5)
+    assert (white[mask == 0] == 0).all()
+    garbage = torch.where(mask.bool(), x, torch.full_like(x, 1e4))  # padding values change nothing
+    torch.testing.assert_close(ppo_rlhf.masked_whiten(garbage, mask), white)
+
+
+def naive_gae(rewards, values, n, gamma, lam):
+    """One sequence of n valid steps, the advantage as the explicit sum sum_l (gamma lam)^l delta_{t+l}."""
+    v = values[:n] + [0.0]  # the value after the last token is 0
+    deltas = [rewards[t] + gamma * v[t + 1] - v[t] for t in range(n)]
+    return [sum((gamma * lam) ** l * deltas[t + l] for l in range(n - t)) for t in range(n)]
+
+
+@pytest.mark.parametrize("gamma, lam", [(1.0, 0.95), (0.9, 0.8), (1.0, 1.0)])
+def test_gae_against_a_naive_per_step_loop_with_masks(gamma, lam):
+    g = torch.Generator().manual_seed(2)
+    lengths = [6, 1, 4, 3]
+    rewards, values = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    mask = torch.tensor([[1.0] * n + [0.0] * (6 - n) for n in lengths])
+    adv, ret = ppo_rlhf.compute_gae(rewards, values, mask, gamma, lam)  # padding holds garbage: it must be ignored
+    for i, n in enumerate(lengths):
+        expected = naive_gae(rewards[i].tolist(), values[i].tolist(), n, gamma, lam)
+        assert adv[i, :n].tolist() == pytest.approx(expected, abs=1e-5)
+        assert adv[i, n:].abs().sum() == 0
+        assert ret[i, :n].tolist() == pytest.approx([a + v for a, v in zip(expected, values[i, :n].tolist())], abs=1e-5)
+        if gamma == lam == 1.0:  # the bandit case: reward-to-go minus the value
+            togo = [sum(rewards[i, t:n].tolist()) - values[i, t].item() for t in range(n)]
+            assert adv[i, :n].tolist() == pytest.approx(togo, abs=1e-5)
+
+
+# ---------------------------------------------------------------- PPO losses
+
+def test_ppo_losses_by_hand():
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    old = torch.tensor([[-1.0, -2.0, -3.0]])
+    new = old + torch.tensor([[math.log(1.5), math.log(0.9), 5.0]])  # ratio 1.5 (clipped), 0.9, padding
+    adv = torch.tensor([[2.0, -1.0, 7.0]])
+    vpred, vold, ret = torch.tensor([[1.0, 0.5, 9.0]]), torch.tensor([[0.5, 0.1, 0.0]]), torch.tensor([[3.0, 0.0, 0.0]])
+    pg, vf, s = ppo_rlhf.ppo_losses(new, old, adv, vpred, vold, ret, mask, cliprange=0.2, cliprange_value=0.2)
+    # token 0: max(-2 * 1.5, -2 * 1.2) = -2.4 (clipped); token 1: max(0.9, 0.9) = 0.9
+    assert pg.item() == pytest.approx((-2.4 + 0.9) / 2)
+    # token 0: vpred 1.0 clipped to 0.7: max((1-3)^2, (0.7-3)^2) = 5.29; token 1: 0.5 clipped to 0.3: max(0.25, 0.09)
+    assert vf.item() == pytest.approx(0.5 * (5.29 + 0.25) / 2)
+    assert s["clipfrac"] == 0.5 and s["vf_clipfrac"] == 0.5
+    assert s["ratio"] == pytest.approx((1.5 + 0.9) / 2)
+    assert s["approxkl"] == pytest.approx(0.25 * (math.log(1.5) ** 2 + math.log(0.9) ** 2))
+
+
+# ---------------------------------------------------------------- rollouts: the sampler's log-probs are the ones we recompute
+
+def test_truncate_after_stop_masks_everything_after_the_first_stop():
+    responses = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 9, 2, 9], [5, 6, 9, 2]])  # pad == EOS == 2 in row 0
+    out, mask, stopped = ppo_rlhf.truncate_after_stop(responses, [2, 9], pad_id=1)
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]]
+    assert out.tolist() == [[5, 2, 1, 1], [5, 6, 7, 8], [2, 1, 1, 1], [5, 6, 9, 1]]
+    assert stopped.tolist() == [True, False, True, True]
+
+
+@pytest.mark.parametrize("which", ["bundled", "llama"])
+def test_rollout_logprobs_match_the_sampler_and_first_ratio_is_one(which, llama_pad_eos):
+    """The log-probs recomputed in one forward pass (left padding, position ids from the mask, logits / temperature)
+    equal those of the distribution generate() sampled from; so on the first minibatch the PPO ratio is 1."""
+    path = models.BUNDLED_MODEL if which == "bundled" else llama_pad_eos
+    tok, policy = models.load_tokenizer(path), models.load_causal_lm(path).eval()
+    prompts = task.all_prompts()[::97][:12]
+    queries = [tok(p).input_ids[: 3 + i % 6] for i, p in enumerate(prompts)]  # ragged lengths: real left padding
+    T, stop = 0.7, [tok.eos_token_id]
+    cfg = ppo_rlhf.generation_config(tok, stop, 10, T)
+    torch.manual_seed(0)
+    r = ppo_rlhf.rollout(policy, policy, tok, queries, cfg, stop, T)
+    # the same samples again, this time with generate()'s own logits
+    cfg.output_logits, cfg.return_dict_in_generate = True, True
+    query = data.pad(queries, tok.pad_token_id, "left")
+    torch.manual_seed(0)
+    out = policy.generate(input_ids=query, attention_mask=data.pad([[1] * len(q) for q in queries], 0, "left"), generation_config=cfg)
+    L, m = r["context_length"], r["resp_mask"]
+    assert torch.equal(out.sequences[:, L:][m.bool()], r["seq"][:, L:][m.bool()])
+    sampler = torch.stack(out.logits, 1).div(T).log_softmax(-1).gather(-1, out.sequences[:, L:, None]).squeeze(-1)
+    torch.testing.assert_close(r["logprobs"] * m, sampler * m, atol=1e-4, rtol=1e-4)
+    assert torch.equal(r["logprobs"], r["ref_logprobs"])  # policy == reference: KL 0
+
+    mb = torch.randperm(len(queries))[:6]  # the first minibatch, recomputed with gradients as in the update
+    new, _, _ = ppo_rlhf.forward_logprobs(policy, r["seq"][mb], r["mask"][mb], L, T)
+    adv = torch.randn_like(new)
+    zeros = torch.zeros_like(new)
+    _, _, s = ppo_rlhf.ppo_losses(new, r["logprobs"][mb], adv, zeros, zeros, zeros, m[mb])
+    assert s["ratio"] == pytest.approx(1.0, abs=1e-5) and s["clipfrac"] == 0.0 and s["approxkl"] < 1e-9
+    # the check has teeth: the wrong temperature, or positions that ignore the left padding, break it
+    wrong_t, _, _ = ppo_rlhf.forward_logprobs(policy, r["seq"][mb], r["mask"][mb], L, 1.0)
+    assert ppo_rlhf.ppo_losses(wrong_t, r["logprobs"][mb], adv, zeros, zeros, zeros, m[mb])[2]["approxkl"] > 1e-4
+    if which == "bundled":
+        logits = policy(input_ids=r["seq"][mb], attention_mask=r["mask"][mb]).logits[:, L - 1 : -1] / T
+        no_pos = logits.log_softmax(-1).gather(-1, r["seq"][mb][:, L:, None]).squeeze(-1)
+        assert ppo_rlhf.ppo_losses(no_pos, r["logprobs"][mb], adv, zeros, zeros, zeros, m[mb])[2]["approxkl"] > 1e-4
+
+
+def save_reward_model(path, tokenizer, mean=0.3, std=2.0, seed=0):
+    """A reward-model directory in rm_bt.py's format: a sequence classifier, reward_mean/std in its config, the tokenizer."""
+    torch.manual_seed(seed)
+    rm = models.load_reward_model(models.BUNDLED_MODEL)
+    rm.config.reward_mean, rm.config.reward_std = mean, std
+    rm.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_reward_model_scores_normalized_and_same_after_reencoding(tmp_path):
+    tok = models.load_tokenizer(models.BUNDLED_MODEL)
+    rm = models.load_reward_model(save_reward_model(tmp_path / "rm", tok)).eval()
+    other = task.build_tokenizer()
+    other.add_tokens(["<extra>"])  # another vocabulary: the response is decoded and re-encoded
+    prompts, texts = task.all_prompts()[:3], ["Sure! The answer is 1.", "It is 0.", "Obviously. 0 is larger."]
+    enc = [data.encode(tok, p, t, 64, 32, __import__("collections").Counter())[0] for p, t in zip(prompts, texts)]
+    seq, mask = data.pad(enc, tok.pad_token_id, "left"), data.pad([[1] * len(e) for e in enc], 0, "left")
+    direct = ppo_rlhf.score_responses(prompts, texts, seq, mask, rm, tok, same_vocab=True)
+    reencoded = ppo_rlhf.score_responses(prompts, texts, seq, mask, rm, other, same_vocab=False)
+    torch.testing.assert_close(direct, reencoded, atol=1e-5, rtol=1e-5)
+    raw = models.reward_at_last_token(rm, seq, mask)
+    torch.testing.assert_close(direct, (raw - 0.3) / 2.0)
+    gold = ppo_rlhf.score_responses(prompts, texts, seq, mask)
+    assert gold.tolist() == [task.gold_reward(p, t) for p, t in zip(prompts, texts)]
+
+
+# ---------------------------------------------------------------- end to end
+
+def scalars(run_root):
+    (run_dir,) = [p for p in run_root.iterdir() if p.is_dir()]
+    acc = EventAccumulator(str(run_dir)).Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_end_to_end_gold_learns_and_logs_the_field_names(tmp_path):
+    out = run_script("ppo_rlhf.py", "--total-episodes", "256", "--rollout-batch-size", "64", "--response-length", "24",
+                     "--num-eval-prompts", "96", "--log-samples-every", "2", "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
+    before, after = map(float, re.search(r"eval gold (-?[\d.]+) -> (-?[\d.]+) \(best 3.5\)", out).groups())
+    assert after > before + 0.5, out[-800:]
+    kl = float(re.search(r"KL to the reference (-?[\d.]+) nats", out).group(1))
+    assert 0 < kl < 20
+    logged = scalars(tmp_path / "runs")
+    for tag in ["objective/scores", "objective/gold", "objective/kl", "objective/kl_coef", "objective/entropy",
+                "objective/non_score_reward", "objective/rlhf_reward", "policy/approxkl_avg", "policy/clipfrac_avg",
+                "policy/entropy_avg", "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg", "val/explained_variance",
+                "val/num_eos_tokens", "val/response_length", "charts/SPS", "eval/gold"]:
+        assert len(logged[tag]) >= 1 and all(math.isfinite(v) for v in logged[tag]), tag
+    assert len(logged["objective/scores"]) == 4 and logged["objective/kl_coef"] == pytest.approx([0.05] * 4)  # fixed beta
+    assert all(0 <= v for v in logged["policy/entropy_avg"])  # padding never counted
+    assert models.load_causal_lm(str(tmp_path / "model")).config.vocab_size == 189
+
+
+def test_end_to_end_with_a_reward_model_directory_logs_proxy_and_gold(tmp_path):
+    rm = save_reward_model(tmp_path / "rm", models.load_tokenizer(models.BUNDLED_MODEL), mean=0.1, std=0.5)
+    out = run_script("ppo_rlhf.py", "--reward-model", rm, "--total-episodes", "32", "--rollout-batch-size", "16",
+                     "--response-length", "12", "--num-eval-prompts", "16", "--kl-estimator", "k3", "--whiten-rewards",
+                     "--target-kl", "1.0", cwd=tmp_path)
+    assert f"value network initialized from {rm}" in out and "reward_mean 0.1, reward_std 0.5" in out
+    assert re.search(r"eval gold -?[\d.]+ -> -?[\d.]+ \(best 3.5\), eval proxy score -?[\d.]+ -> -?[\d.]+", out), out[-800:]
+    logged = scalars(tmp_path / "runs")
+    assert len(logged["objective/scores"]) == 2 and len(logged["objective/gold"]) == 2
+    assert logged["objective/kl_coef"][1] != logged["objective/kl_coef"][0]  # the adaptive controller moved beta
+
+
+@pytest.mark.parametrize("fixture, flags", [("gpt2_no_pad", ["--value-head-on-policy", "--kl-clamp"]),
+                                            ("llama_pad_eos", ["--ptx-coef", "0.5", "--ptx-batch-size", "4"])])
+def test_other_architectures_and_pad_conventions(tmp_path, request, fixture, flags):
+    path = request.getfixturevalue(fixture)
+    out = run_script("ppo_rlhf.py", "--model", path, "--total-episodes", "16", "--rollout-batch-size", "8", "--response-length", "8",
+                     "--num-eval-prompts", "8", "--stop-token", ".", *flags, "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
+    assert "ppo_rlhf: eval gold" in out
+    assert models.load_causal_lm(str(tmp_path / "model")).config.model_type == ("gpt2" if fixture == "gpt2_no_pad" else "llama")
