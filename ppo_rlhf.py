@@ -101,8 +101,6 @@ class Args:
     """PPO-ptx (InstructGPT): coefficient of the demonstration log-likelihood added to the objective (0 = off)"""
     ptx_dataset: str = "embedded"
     """demonstrations for PPO-ptx: 'embedded' (task.make_sft on the train prompts) or a {"prompt", "completion"} file / hub dataset"""
-    ptx_batch_size: int = 16
-    """demonstrations per minibatch for the PPO-ptx term"""
     log_samples_every: int = 20
     """updates between tables of prompts, responses and scores in TensorBoard (and evaluations on the eval prompts)"""
 
@@ -184,16 +182,29 @@ def ppo_losses(logprobs, old_logprobs, advantages, vpred, old_values, returns, m
     return policy_loss, value_loss, stats
 
 
+def explained_variance(values, returns, mask):
+    """1 - Var(returns - values) / Var(returns) over valid tokens: 1 is a perfect value function, <= 0 a useless one."""
+    var = lambda x: masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+    return (1 - var(returns - values) / (var(returns) + 1e-8)).item()
+
+
+def demonstration_nll(policy, demos, pad_id):
+    """PPO-ptx (InstructGPT): mean -log pi(completion token) over demonstrations [(ids, completion_mask)]."""
+    device = next(policy.parameters()).device
+    ids = data.pad([d[0] for d in demos], pad_id).to(device)
+    logits = policy(input_ids=ids, attention_mask=data.pad([[1] * len(d[0]) for d in demos], 0).to(device)).logits[:, :-1]
+    logp = F.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return -masked_mean(logp, data.pad([d[1] for d in demos], 0).to(device)[:, 1:].float())
+
+
 # ---------------------------------------------------------------- rollouts
 
 def generation_config(tokenizer, stop_ids, response_length, temperature):
     """Pure sampling at temperature with the KV cache: every other logits processor set to neutral explicitly, so a
     model's own generation_config.json (top-k, top-p, repetition penalty) cannot change what is sampled."""
-    return GenerationConfig(
-        do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None, typical_p=1.0, repetition_penalty=1.0,
-        no_repeat_ngram_size=0, min_new_tokens=0, max_new_tokens=response_length, eos_token_id=stop_ids,
-        pad_token_id=tokenizer.pad_token_id, bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None,
-    )
+    return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None, typical_p=1.0,
+                            repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, max_new_tokens=response_length,
+                            eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, suppress_tokens=None, begin_suppress_tokens=None)
 
 
 def truncate_after_stop(responses, stop_ids, pad_id):
@@ -235,12 +246,12 @@ def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temper
     responses, resp_mask, stopped = truncate_after_stop(seq[:, context_length:], stop_ids, tokenizer.pad_token_id)
     seq = torch.cat([query, responses], dim=1)
     mask = torch.cat([query_mask, resp_mask], dim=1)
-    logprobs, entropy, _ = forward_logprobs(policy, seq, mask, context_length, temperature)
+    logprobs, _, _ = forward_logprobs(policy, seq, mask, context_length, temperature)
     ref_logprobs, _, _ = forward_logprobs(ref_policy, seq, mask, context_length, temperature)
     texts = [tokenizer.decode(r[m.bool() & ~torch.isin(r, torch.tensor(stop_ids, device=device))], skip_special_tokens=True).strip()
              for r, m in zip(responses, resp_mask)]
     return dict(seq=seq, mask=mask, context_length=context_length, resp_mask=resp_mask.float(), stopped=stopped,
-                logprobs=logprobs, ref_logprobs=ref_logprobs, entropy=entropy, texts=texts)
+                logprobs=logprobs, ref_logprobs=ref_logprobs, texts=texts)
 
 
 @torch.no_grad()
@@ -252,7 +263,7 @@ def score_responses(prompts, texts, seq, mask, reward_model=None, rm_tokenizer=N
         return torch.tensor([task.gold_reward(p, t) for p, t in zip(prompts, texts)], device=seq.device)
     if not same_vocab:
         counts = Counter()
-        enc = [data.encode(rm_tokenizer, p, t if t else " ", 10**6, 10**6, counts)[0] for p, t in zip(prompts, texts)]
+        enc = [data.encode(rm_tokenizer, p, t, 10**6, 10**6, counts)[0] for p, t in zip(prompts, texts)]
         seq = data.pad(enc, rm_tokenizer.pad_token_id).to(seq.device)
         mask = data.pad([[1] * len(e) for e in enc], 0).to(seq.device)
     raw = models.reward_at_last_token(reward_model, seq, mask)
@@ -278,33 +289,36 @@ if __name__ == "__main__":
     load = lambda loader, name: models.disable_dropout(loader(name, torch.float32, args.trust_remote_code)).to(device).eval()
     policy = load(models.load_causal_lm, args.model)
     ref_policy = copy.deepcopy(policy).requires_grad_(False)  # the frozen reference: the starting policy
-    reward_model = rm_tokenizer = None
-    same_vocab = True
+    reward_model, rm_tokenizer, same_vocab = None, None, True
     if args.reward_model != "gold":
         reward_model = load(models.load_reward_model, args.reward_model).requires_grad_(False)
         rm_tokenizer = models.load_tokenizer(args.reward_model, args.trust_remote_code)
         same_vocab = rm_tokenizer.get_vocab() == tokenizer.get_vocab()
-        print(f"reward model {args.reward_model}: reward_mean {getattr(reward_model.config, 'reward_mean', 0.0)}, "
-              f"reward_std {getattr(reward_model.config, 'reward_std', 1.0)}, "
-              + ("same tokenizer as the policy" if same_vocab else "another tokenizer: responses are decoded and re-encoded"))
+        cfg = reward_model.config
+        print(f"reward model {args.reward_model}: reward_mean {getattr(cfg, 'reward_mean', 0.0)}, reward_std {getattr(cfg, 'reward_std', 1.0)}, "
+              + ("the policy's tokenizer" if same_vocab else "another tokenizer: responses are decoded and re-encoded"))
     if args.value_head_on_policy:  # lm-human-preferences: a scalar head on the policy's trunk, zero-initialized
-        value_model = None
-        value_head = torch.nn.Linear(policy.config.get_text_config().hidden_size, 1).to(device)
+        value_model, value_head = None, torch.nn.Linear(policy.config.get_text_config().hidden_size, 1).to(device)
         torch.nn.init.zeros_(value_head.weight), torch.nn.init.zeros_(value_head.bias)
-        value_params = list(value_head.parameters())
     else:  # a separate network (Stiennon): from the reward model when it reads the policy's tokens, else from the policy
         value_init = args.reward_model if reward_model is not None and same_vocab else args.model
-        value_model = load(models.load_reward_model, value_init)
-        value_params = list(value_model.parameters())
+        value_model, value_head = load(models.load_reward_model, value_init), None
         print(f"value network initialized from {value_init}" + (" (fresh scalar head)" if value_init == args.model else ""))
-    optimizer = torch.optim.Adam(list(policy.parameters()) + value_params, lr=args.learning_rate, eps=1e-5)
+    params = list(policy.parameters()) + list((value_head if value_model is None else value_model).parameters())
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5)
+
+    def values_of(seq, mask, L, hidden=None):
+        """(B, T) V(s_t): the separate value network, or the head on the policy's last hidden states."""
+        if value_model is not None:
+            return forward_values(value_model, seq, mask, L)
+        hidden = forward_logprobs(policy, seq, mask, L, args.temperature, hidden=True)[2] if hidden is None else hidden
+        return value_head(hidden).squeeze(-1).float()
 
     # Prompts: train prompts for rollouts, held-out prompts for the before/after evaluation
     if args.dataset == "embedded":
         train_prompts, eval_prompts = task.split_prompts()
     else:
-        train_rows, eval_rows = data.load_rows(args.dataset, "prompt")
-        train_prompts, eval_prompts = [r["prompt"] for r in train_rows], [r["prompt"] for r in eval_rows]
+        train_prompts, eval_prompts = ([r["prompt"] for r in rows] for rows in data.load_rows(args.dataset, "prompt"))
     eval_prompts = eval_prompts[: args.num_eval_prompts]
     counts = Counter()
     train_queries = [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in train_prompts]
@@ -313,36 +327,32 @@ if __name__ == "__main__":
     eval_queries = [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in eval_prompts]
     data.report(counts, "eval prompts")
     if args.ptx_coef > 0:  # PPO-ptx: demonstrations whose log-likelihood is added to the objective
-        ptx_rows = task.make_sft(train_prompts, 1, seed=args.seed) if args.ptx_dataset == "embedded" else data.load_rows(args.ptx_dataset, "sft")[0]
+        ptx_rows = task.make_sft(train_prompts, 1, args.seed) if args.ptx_dataset == "embedded" else data.load_rows(args.ptx_dataset, "sft")[0]
         counts = Counter()
-        ptx_data = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_prompt_length + args.response_length, args.max_prompt_length, counts) for r in ptx_rows]
+        ptx_data = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_prompt_length + args.response_length,
+                                args.max_prompt_length, counts) for r in ptx_rows]
         data.report(counts, "ptx demonstrations")
 
-    stop_ids = [tokenizer.eos_token_id]
-    if args.stop_token:
-        stop_ids.append(tokenizer.convert_tokens_to_ids(args.stop_token))
-        assert stop_ids[-1] != tokenizer.unk_token_id, f"--stop-token {args.stop_token!r} is not one token of the tokenizer"
+    stop_ids = [tokenizer.eos_token_id] + ([tokenizer.convert_tokens_to_ids(args.stop_token)] if args.stop_token else [])
+    assert tokenizer.unk_token_id not in stop_ids, f"--stop-token {args.stop_token!r} is not one token of the tokenizer"
     gen_config = generation_config(tokenizer, stop_ids, args.response_length, args.temperature)
     num_updates = args.total_episodes // args.rollout_batch_size
     minibatch_size = args.rollout_batch_size // args.num_mini_batches
     assert num_updates >= 1 and minibatch_size >= 1, "need total_episodes >= rollout_batch_size >= num_mini_batches"
 
-    def evaluate(queries, prompts):
-        """Sampled responses to held-out prompts: mean gold, mean score, sequence KL to the reference (k1, nats)."""
-        out = defaultdict(list)
-        for i in range(0, len(queries), args.rollout_batch_size):
+    def evaluate():
+        """Responses sampled for the held-out prompts: mean gold, mean score, sequence KL to the reference (k1, nats)."""
+        scores, kls, texts, B = [], [], [], args.rollout_batch_size
+        for i in range(0, len(eval_queries), B):
             with autocast:
-                r = rollout(policy, ref_policy, tokenizer, queries[i : i + args.rollout_batch_size], gen_config, stop_ids, args.temperature)
-                s = score_responses(prompts[i : i + args.rollout_batch_size], r["texts"], r["seq"], r["mask"], reward_model, rm_tokenizer, same_vocab)
-            out["score"] += s.tolist()
-            out["kl"] += ((r["logprobs"] - r["ref_logprobs"]) * r["resp_mask"]).sum(1).tolist()
-            out["texts"] += r["texts"]
-        res = {k: sum(out[k]) / len(out[k]) for k in ("score", "kl")}
-        res["gold"] = gold_of(prompts, out["texts"])
-        res["samples"] = list(zip(prompts[:8], out["texts"][:8], out["score"][:8]))
-        return res
+                r = rollout(policy, ref_policy, tokenizer, eval_queries[i : i + B], gen_config, stop_ids, args.temperature)
+                scores += score_responses(eval_prompts[i : i + B], r["texts"], r["seq"], r["mask"], reward_model, rm_tokenizer, same_vocab).tolist()
+            kls += ((r["logprobs"] - r["ref_logprobs"]) * r["resp_mask"]).sum(1).tolist()
+            texts += r["texts"]
+        return {"score": sum(scores) / len(scores), "kl": sum(kls) / len(kls), "gold": gold_of(eval_prompts, texts),
+                "samples": list(zip(eval_prompts[:8], texts[:8], scores[:8]))}
 
-    before = evaluate(eval_queries, eval_prompts)
+    before = evaluate()
     print(f"before training: eval score {before['score']:.3f}" + (f", gold {before['gold']:.3f}" if before["gold"] is not None else ""))
     rng = random.Random(args.seed)
     order, beta, episodes, start = [], args.kl_coef, 0, time.time()
@@ -359,11 +369,7 @@ if __name__ == "__main__":
         with torch.no_grad(), autocast:
             r = rollout(policy, ref_policy, tokenizer, [train_queries[i] for i in idx], gen_config, stop_ids, args.temperature)
             seq, mask, L, resp_mask = r["seq"], r["mask"], r["context_length"], r["resp_mask"]
-            if value_model is not None:
-                values = forward_values(value_model, seq, mask, L)
-            else:
-                values = value_head(forward_logprobs(policy, seq, mask, L, args.temperature, hidden=True)[2]).squeeze(-1).float()
-            values = values * resp_mask
+            values = values_of(seq, mask, L) * resp_mask
             scores = score_responses(prompts, r["texts"], seq, mask, reward_model, rm_tokenizer, same_vocab)
         gold = gold_of(prompts, r["texts"])
         scores = scores - args.missing_eos_penalty * (~r["stopped"]).float()  # a response that never stopped is penalized
@@ -375,79 +381,60 @@ if __name__ == "__main__":
             rewards = masked_whiten(rewards, resp_mask, shift_mean=False)
         advantages, returns = compute_gae(rewards, values, resp_mask, args.gamma, args.lam)
         advantages = masked_whiten(advantages, resp_mask)  # advantages whitened over valid tokens only
-        explained_var = 1 - masked_mean((returns - values - masked_mean(returns - values, resp_mask)) ** 2, resp_mask) / (
-            masked_mean((returns - masked_mean(returns, resp_mask)) ** 2, resp_mask) + 1e-8)
 
         # 3. PPO epochs over the rollout in minibatches
         stats = defaultdict(list)
         for epoch in range(args.num_ppo_epochs):
-            perm = torch.randperm(args.rollout_batch_size)
-            for mb in perm[: minibatch_size * args.num_mini_batches].split(minibatch_size):
+            for mb in torch.randperm(args.rollout_batch_size)[: minibatch_size * args.num_mini_batches].split(minibatch_size):
                 with autocast:
                     logprobs, entropy, hidden = forward_logprobs(policy, seq[mb], mask[mb], L, args.temperature, hidden=value_model is None)
-                    vpred = forward_values(value_model, seq[mb], mask[mb], L) if value_model is not None else value_head(hidden).squeeze(-1).float()
-                    pg_loss, vf_loss, s = ppo_losses(logprobs, r["logprobs"][mb], advantages[mb], vpred, values[mb], returns[mb], resp_mask[mb],
-                                                     args.cliprange, args.cliprange_value)
+                    vpred = values_of(seq[mb], mask[mb], L, hidden)
+                    pg_loss, vf_loss, s = ppo_losses(logprobs, r["logprobs"][mb], advantages[mb], vpred, values[mb], returns[mb],
+                                                     resp_mask[mb], args.cliprange, args.cliprange_value)
                     loss = pg_loss + args.vf_coef * vf_loss
-                    if args.ptx_coef > 0:  # PPO-ptx: + gamma * log pi(demonstration)
-                        demos = rng.sample(ptx_data, args.ptx_batch_size)
-                        ids = data.pad([d[0] for d in demos], tokenizer.pad_token_id).to(device)
-                        am = data.pad([[1] * len(d[0]) for d in demos], 0).to(device)
-                        cm = data.pad([d[1] for d in demos], 0).to(device)[:, 1:].float()
-                        logits = policy(input_ids=ids, attention_mask=am).logits[:, :-1].float()
-                        ptx_nll = -masked_mean(F.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1), cm)
-                        loss = loss + args.ptx_coef * ptx_nll
-                        stats["ptx"].append(ptx_nll.item())
+                    if args.ptx_coef > 0:  # PPO-ptx: objective + gamma * log pi(demonstration)
+                        s["ptx"] = demonstration_nll(policy, rng.sample(ptx_data, minibatch_size), tokenizer.pad_token_id)
+                        loss = loss + args.ptx_coef * s["ptx"]
                 optimizer.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(list(policy.parameters()) + value_params, args.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
+                s |= {"pg_loss": pg_loss, "vf_loss": vf_loss, "entropy": masked_mean(entropy, resp_mask[mb])}
                 for k, v in s.items():
-                    stats[k].append(v)
-                stats["pg_loss"].append(pg_loss.item()), stats["vf_loss"].append(vf_loss.item())
-                stats["entropy"].append(masked_mean(entropy, resp_mask[mb]).item())
+                    stats[k].append(float(v))
 
         # 4. Logging (names as in TRL / lm-human-preference-details), then the adaptive KL coefficient
         episodes += args.rollout_batch_size
         seq_kl = kl.sum(1).mean().item()
-        mean = lambda k: sum(stats[k]) / len(stats[k])
+        avg = {k: sum(v) / len(v) for k, v in stats.items()}
         scalars = {
             "objective/scores": scores.mean().item(), "objective/kl": seq_kl, "objective/kl_coef": beta,
-            "objective/entropy": (-r["logprobs"] * resp_mask).sum(1).mean().item(),
-            "objective/non_score_reward": non_score.sum(1).mean().item(),
-            "objective/rlhf_reward": (scores + non_score.sum(1)).mean().item(),
-            "policy/approxkl_avg": mean("approxkl"), "policy/clipfrac_avg": mean("clipfrac"), "policy/entropy_avg": mean("entropy"),
-            "loss/policy_avg": mean("pg_loss"), "loss/value_avg": mean("vf_loss"), "val/clipfrac_avg": mean("vf_clipfrac"),
-            "val/ratio": mean("ratio"), "val/explained_variance": explained_var.item(),
+            "objective/entropy": (-r["logprobs"] * resp_mask).sum(1).mean().item(),  # sampled sequence entropy
+            "objective/non_score_reward": non_score.sum(1).mean().item(), "objective/rlhf_reward": (scores + non_score.sum(1)).mean().item(),
+            "policy/approxkl_avg": avg["approxkl"], "policy/clipfrac_avg": avg["clipfrac"], "policy/entropy_avg": avg["entropy"],
+            "loss/policy_avg": avg["pg_loss"], "loss/value_avg": avg["vf_loss"], "val/clipfrac_avg": avg["vf_clipfrac"],
+            "val/ratio": avg["ratio"], "val/explained_variance": explained_variance(values, returns, resp_mask),
             "val/num_eos_tokens": r["stopped"].sum().item(), "val/response_length": resp_mask.sum(1).mean().item(),
             "charts/learning_rate": lr, "charts/SPS": episodes / (time.time() - start),
-        }
-        if gold is not None:
-            scalars["objective/gold"] = gold
-        if stats["ptx"]:
-            scalars["loss/ptx_avg"] = mean("ptx")
+        } | ({"objective/gold": gold} if gold is not None else {}) | ({"loss/ptx_avg": avg["ptx"]} if "ptx" in avg else {})
         for k, v in scalars.items():
             writer.add_scalar(k, v, episodes)
         if args.target_kl is not None:
             beta = adaptive_kl_update(beta, seq_kl, args.target_kl, args.rollout_batch_size, args.kl_horizon)
         if update % args.log_samples_every == 0 or update == num_updates:
-            ev = evaluate(eval_queries, eval_prompts)
+            after = evaluate()
             for k in ("score", "kl", "gold"):
-                if ev[k] is not None:
-                    writer.add_scalar(f"eval/{k}", ev[k], episodes)
-            rows = "\n".join(f"|{p}|{t}|{s:.2f}|" for p, t, s in ev["samples"])
+                if after[k] is not None:
+                    writer.add_scalar(f"eval/{k}", after[k], episodes)
+            rows = "\n".join(f"|{p}|{t}|{s:.2f}|" for p, t, s in after["samples"])
             writer.add_text("samples", f"|prompt|response|score|\n|-|-|-|\n{rows}", episodes)
 
-    after = ev
     for p, t, s in after["samples"][:4]:
         print(f"  {p} -> {t}  (score {s:.2f})")
     out_dir = args.output_dir or os.path.join("runs", run_name, "model")
     policy.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    summary = "ppo_rlhf:"
-    if after["gold"] is not None:
-        summary += f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD}),"
-    if reward_model is not None:
-        summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f},"
+    summary = "ppo_rlhf:" + (f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD})," if after["gold"] is not None else "")
+    summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f}," if reward_model is not None else ""
     print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in {time.time() - start:.0f}s, saved to {out_dir}")
     writer.close()

@@ -189,11 +189,17 @@ def save_reward_model(path, tokenizer, mean=0.3, std=2.0, seed=0):
     return str(path)
 
 
+def other_tokenizer():
+    """The task's tokenizer with one more token: another vocabulary, so the policy's ids cannot be fed to the RM."""
+    tok = task.build_tokenizer()
+    tok.add_tokens(["<extra>"])
+    return tok
+
+
 def test_reward_model_scores_normalized_and_same_after_reencoding(tmp_path):
     tok = models.load_tokenizer(models.BUNDLED_MODEL)
     rm = models.load_reward_model(save_reward_model(tmp_path / "rm", tok)).eval()
-    other = task.build_tokenizer()
-    other.add_tokens(["<extra>"])  # another vocabulary: the response is decoded and re-encoded
+    other = other_tokenizer()  # another vocabulary: the response is decoded and re-encoded
     prompts, texts = task.all_prompts()[:3], ["Sure! The answer is 1.", "It is 0.", "Obviously. 0 is larger."]
     enc = [data.encode(tok, p, t, 64, 32, __import__("collections").Counter())[0] for p, t in zip(prompts, texts)]
     seq, mask = data.pad(enc, tok.pad_token_id, "left"), data.pad([[1] * len(e) for e in enc], 0, "left")
@@ -216,9 +222,9 @@ def scalars(run_root):
 
 def test_end_to_end_gold_learns_and_logs_the_field_names(tmp_path):
     out = run_script("ppo_rlhf.py", "--total-episodes", "256", "--rollout-batch-size", "64", "--response-length", "24",
-                     "--num-eval-prompts", "96", "--log-samples-every", "2", "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
+                     "--num-eval-prompts", "96", "--log-samples-every", "4", "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
     before, after = map(float, re.search(r"eval gold (-?[\d.]+) -> (-?[\d.]+) \(best 3.5\)", out).groups())
-    assert after > before + 0.5, out[-800:]
+    assert after > before + 0.5, out[-800:]  # measured: 0.08 -> 1.19 in these 4 updates
     kl = float(re.search(r"KL to the reference (-?[\d.]+) nats", out).group(1))
     assert 0 < kl < 20
     logged = scalars(tmp_path / "runs")
@@ -229,26 +235,28 @@ def test_end_to_end_gold_learns_and_logs_the_field_names(tmp_path):
         assert len(logged[tag]) >= 1 and all(math.isfinite(v) for v in logged[tag]), tag
     assert len(logged["objective/scores"]) == 4 and logged["objective/kl_coef"] == pytest.approx([0.05] * 4)  # fixed beta
     assert all(0 <= v for v in logged["policy/entropy_avg"])  # padding never counted
+    assert logged["objective/scores"][-1] > logged["objective/scores"][0]
     assert models.load_causal_lm(str(tmp_path / "model")).config.vocab_size == 189
 
 
-def test_end_to_end_with_a_reward_model_directory_logs_proxy_and_gold(tmp_path):
-    rm = save_reward_model(tmp_path / "rm", models.load_tokenizer(models.BUNDLED_MODEL), mean=0.1, std=0.5)
-    out = run_script("ppo_rlhf.py", "--reward-model", rm, "--total-episodes", "32", "--rollout-batch-size", "16",
-                     "--response-length", "12", "--num-eval-prompts", "16", "--kl-estimator", "k3", "--whiten-rewards",
-                     "--target-kl", "1.0", cwd=tmp_path)
-    assert f"value network initialized from {rm}" in out and "reward_mean 0.1, reward_std 0.5" in out
+@pytest.mark.parametrize("fixture, same_vocab, flags", [
+    ("llama_pad_eos", True, ["--ptx-coef", "0.5", "--kl-estimator", "k3", "--whiten-rewards", "--target-kl", "1.0"]),
+    ("gpt2_no_pad", False, ["--value-head-on-policy", "--kl-clamp", "--stop-token", "."]),
+])
+def test_end_to_end_reward_model_directory_and_other_architectures(tmp_path, request, fixture, same_vocab, flags):
+    """--reward-model with an rm_bt.py-style directory logs proxy and gold side by side; --model takes a Llama whose
+    pad is EOS and a GPT-2 whose tokenizer has no pad; a reward model with another vocabulary reads re-encoded text."""
+    path = request.getfixturevalue(fixture)
+    rm = save_reward_model(tmp_path / "rm", models.load_tokenizer(path) if same_vocab else other_tokenizer(), mean=0.1, std=0.5)
+    out = run_script("ppo_rlhf.py", "--model", path, "--reward-model", rm, "--total-episodes", "16", "--rollout-batch-size", "8",
+                     "--response-length", "8", "--num-eval-prompts", "8", *flags, "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
+    assert "reward_mean 0.1, reward_std 0.5" in out
+    assert ("the policy's tokenizer" in out and f"value network initialized from {rm}" in out) if same_vocab else "re-encoded" in out
     assert re.search(r"eval gold -?[\d.]+ -> -?[\d.]+ \(best 3.5\), eval proxy score -?[\d.]+ -> -?[\d.]+", out), out[-800:]
     logged = scalars(tmp_path / "runs")
     assert len(logged["objective/scores"]) == 2 and len(logged["objective/gold"]) == 2
-    assert logged["objective/kl_coef"][1] != logged["objective/kl_coef"][0]  # the adaptive controller moved beta
-
-
-@pytest.mark.parametrize("fixture, flags", [("gpt2_no_pad", ["--value-head-on-policy", "--kl-clamp"]),
-                                            ("llama_pad_eos", ["--ptx-coef", "0.5", "--ptx-batch-size", "4"])])
-def test_other_architectures_and_pad_conventions(tmp_path, request, fixture, flags):
-    path = request.getfixturevalue(fixture)
-    out = run_script("ppo_rlhf.py", "--model", path, "--total-episodes", "16", "--rollout-batch-size", "8", "--response-length", "8",
-                     "--num-eval-prompts", "8", "--stop-token", ".", *flags, "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
-    assert "ppo_rlhf: eval gold" in out
-    assert models.load_causal_lm(str(tmp_path / "model")).config.model_type == ("gpt2" if fixture == "gpt2_no_pad" else "llama")
+    if "--target-kl" in flags:
+        assert logged["objective/kl_coef"][1] != logged["objective/kl_coef"][0]  # the adaptive controller moved beta
+    if "--ptx-coef" in flags:
+        assert math.isfinite(logged["loss/ptx_avg"][0])
+    assert models.load_causal_lm(str(tmp_path / "model")).config.model_type == fixture.split("_")[0]
