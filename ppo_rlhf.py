@@ -98,7 +98,7 @@ class Args:
     vf_coef: float = 0.1
     """value loss coefficient"""
     ptx_coef: float = 0.0
-    """PPO-ptx (InstructGPT): coefficient of the demonstration log-likelihood added to the objective (0 = off)"""
+    """PPO-ptx (InstructGPT): coefficient of the log-likelihood of a minibatch of demonstrations added to the objective (0 = off)"""
     ptx_dataset: str = "embedded"
     """demonstrations for PPO-ptx: 'embedded' (task.make_sft on the train prompts) or a {"prompt", "completion"} file / hub dataset"""
     log_samples_every: int = 20
@@ -319,7 +319,11 @@ if __name__ == "__main__":
         train_prompts, eval_prompts = task.split_prompts()
     else:
         train_prompts, eval_prompts = ([r["prompt"] for r in rows] for rows in data.load_rows(args.dataset, "prompt"))
-    eval_prompts = eval_prompts[: args.num_eval_prompts]
+    if reward_model is None and not all(isinstance(p, str) and task.correct_answer(p) is not None for p in train_prompts + eval_prompts):
+        raise SystemExit("--reward-model gold scores the embedded task's prompts only: pass a reward model for other prompts")
+    if not eval_prompts:
+        print("no held-out prompts in the dataset's split: evaluating on the first 64 train prompts")
+    eval_prompts = (eval_prompts or train_prompts[:64])[: args.num_eval_prompts]
     counts = Counter()
     train_queries = [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in train_prompts]
     data.report(counts, "train prompts")
@@ -393,15 +397,16 @@ if __name__ == "__main__":
                                                      resp_mask[mb], args.cliprange, args.cliprange_value)
                     loss = pg_loss + args.vf_coef * vf_loss
                     if args.ptx_coef > 0:  # PPO-ptx: objective + gamma * log pi(demonstration)
-                        s["ptx"] = demonstration_nll(policy, rng.sample(ptx_data, minibatch_size), tokenizer.pad_token_id)
-                        loss = loss + args.ptx_coef * s["ptx"]
+                        ptx_nll = demonstration_nll(policy, rng.sample(ptx_data, minibatch_size), tokenizer.pad_token_id)
+                        loss = loss + args.ptx_coef * ptx_nll
+                        s["ptx"] = ptx_nll.item()
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
-                s |= {"pg_loss": pg_loss, "vf_loss": vf_loss, "entropy": masked_mean(entropy, resp_mask[mb])}
+                s |= {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "entropy": masked_mean(entropy, resp_mask[mb]).item()}
                 for k, v in s.items():
-                    stats[k].append(float(v))
+                    stats[k].append(v)
 
         # 4. Logging (names as in TRL / lm-human-preference-details), then the adaptive KL coefficient
         episodes += args.rollout_batch_size

@@ -241,12 +241,14 @@ def test_end_to_end_gold_learns_and_logs_the_field_names(tmp_path):
 
 @pytest.mark.parametrize("fixture, same_vocab, flags", [
     ("llama_pad_eos", True, ["--ptx-coef", "0.5", "--kl-estimator", "k3", "--whiten-rewards", "--target-kl", "1.0"]),
-    ("gpt2_no_pad", False, ["--value-head-on-policy", "--kl-clamp", "--stop-token", "."]),
+    ("gpt2_no_pad", False, ["--value-head-on-policy", "--kl-clamp", "--stop-token", ".", "--dataset", "prompts.jsonl"]),
 ])
 def test_end_to_end_reward_model_directory_and_other_architectures(tmp_path, request, fixture, same_vocab, flags):
     """--reward-model with an rm_bt.py-style directory logs proxy and gold side by side; --model takes a Llama whose
-    pad is EOS and a GPT-2 whose tokenizer has no pad; a reward model with another vocabulary reads re-encoded text."""
+    pad is EOS and a GPT-2 whose tokenizer has no pad; a reward model with another vocabulary reads re-encoded text;
+    --dataset takes a file of {"prompt"} rows."""
     path = request.getfixturevalue(fixture)
+    task.export_jsonl([{"prompt": p} for p in task.all_prompts()[::29]], tmp_path / "prompts.jsonl")  # a user's prompt file
     rm = save_reward_model(tmp_path / "rm", models.load_tokenizer(path) if same_vocab else other_tokenizer(), mean=0.1, std=0.5)
     out = run_script("ppo_rlhf.py", "--model", path, "--reward-model", rm, "--total-episodes", "16", "--rollout-batch-size", "8",
                      "--response-length", "8", "--num-eval-prompts", "8", *flags, "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
