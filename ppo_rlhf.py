@@ -52,7 +52,7 @@ class Args:
     output_dir: str = ""
     """where to save the trained policy and tokenizer (default runs/<run_name>/model)"""
 
-    total_episodes: int = 8192
+    total_episodes: int = 6400
     """prompts (and responses) to train on in all; updates = total_episodes // rollout_batch_size"""
     rollout_batch_size: int = 64
     """prompts sampled per rollout (one PPO update)"""
