@@ -1,0 +1,410 @@
+"""Direct Preference Optimization: train the policy on preference pairs directly, with no reward model and no
+sampling during training (Rafailov et al. 2023), and its variants.
+
+With c = log pi(y_w|x) - log pi_ref(y_w|x) and r = log pi(y_l|x) - log pi_ref(y_l|x), summed over completion tokens:
+    --loss-type sigmoid   -log sigmoid(beta (c - r))                          DPO (Rafailov et al. 2023)
+    --loss-type ipo       (c/|y_w| - r/|y_l| - 1/(2 beta))^2                   IPO (Azar et al. 2023)
+    --loss-type hinge     relu(1 - beta (c - r))                              SLiC-HF (Zhao et al. 2023)
+    --label-smoothing e   conservative DPO (Mitchell 2023) or, with --label-smoothing-form robust,
+                          robust DPO (Chowdhury et al. 2024): labels flipped with probability e
+    --rpo-alpha a         + a * per-token NLL of y_w (RPO, Pang et al. 2024): keeps chosen likelihoods from falling
+The reference is the starting policy. Its log-probs are computed once before training and the reference leaves
+the accelerator; a CPU copy is kept only to measure KL on samples at evaluation (--no-eval-kl drops it).
+    python dpo.py                                          # the bundled base policy on the embedded task's pairs
+    python dpo.py --loss-type ipo --beta 0.5
+    python dpo.py --model gpt2 --dataset pairs.jsonl       # any causal LM, {"prompt", "chosen", "rejected"} rows
+    torchrun --nproc_per_node 4 dpo.py --model gpt2 ...    # data parallel (DDP)
+"""
+
+import copy
+import math
+import os
+import random
+import statistics
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import tyro
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from common import data, models, task
+
+
+@dataclass
+class Args:
+    exp_name: str = "dpo"
+    """the name of this experiment (the run is logged to runs/<exp_name>__<seed>__<time>)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """sets torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA when available (bf16 where supported)"""
+    trust_remote_code: bool = False
+    """allow model code from the hub (off unless you trust it)"""
+
+    model: str = models.BUNDLED_MODEL
+    """the policy to start from, and the reference (the SFT model): a hub name or local path"""
+    dataset: str = "embedded"
+    """'embedded' (pairs labeled by the task's simulated labeler), a local .jsonl/.json file or a hub dataset of pairwise rows"""
+    pairs_per_prompt: int = 8
+    """embedded task only: comparisons per train prompt (fresh pairs beat extra epochs on the same ones)"""
+    eval_pairs_per_prompt: int = 2
+    """embedded task only: comparisons per eval prompt"""
+    labeler_temperature: float = 0.5
+    """embedded task only: the labeler's Bradley-Terry temperature (higher is noisier)"""
+    flip_rate: float = 0.0
+    """embedded task only: probability that a label is flipped"""
+    length_bias: float = 0.0
+    """embedded task only: the labeler's preference per word of length"""
+    num_train_prompts: Optional[int] = None
+    """embedded task only: use the first N train prompts (default all 1566; fewer for quick runs or data-size ablations)"""
+    num_eval_prompts: Optional[int] = None
+    """sample on the first N eval prompts (default all: 174 on the embedded task, where it also limits the eval pairs)"""
+    output_dir: str = ""
+    """where to save the model and tokenizer (default runs/<run_name>/model)"""
+
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    """sigmoid (DPO), ipo (per-token averaged log-ratios), hinge (SLiC); see dpo_loss"""
+    beta: float = 0.5
+    """the KL strength: the inverse temperature of the implicit reward beta * log(pi / pi_ref)"""
+    label_smoothing: float = 0.0
+    """sigmoid only: the assumed probability that a label is flipped (0 <= e < 0.5)"""
+    label_smoothing_form: Literal["conservative", "robust"] = "conservative"
+    """conservative (cDPO: soft labels) or robust (rDPO: an unbiased estimate of the clean loss)"""
+    rpo_alpha: float = 0.0
+    """weight of the per-token NLL of the chosen response added to the loss (RPO); 0 is plain DPO"""
+    reference_on_the_fly: bool = False
+    """run the reference model at every step instead of precomputing its log-probs once (keeps it in memory)"""
+    eval_kl: bool = True
+    """keep a CPU copy of the reference to measure the KL of samples at evaluation (embedded task prompts only)"""
+
+    num_epochs: int = 1
+    """passes over the pairs"""
+    per_device_batch_size: int = 32
+    """pairs per forward pass on each device (2x sequences: chosen and rejected go through together)"""
+    gradient_accumulation_steps: int = 1
+    """forward passes per optimizer step; global batch = per_device_batch_size x this x number of processes"""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
+    learning_rate: float = 3e-4
+    """peak learning rate"""
+    warmup_ratio: float = 0.1
+    """fraction of steps with linear warmup, then cosine decay to 0"""
+    max_length: int = 96
+    """longest prompt + completion in tokens; longer ones are truncated (counted)"""
+    max_prompt_length: int = 32
+    """longest prompt in tokens; its end is kept"""
+    eval_every: int = 50
+    """optimizer steps between evaluations"""
+    max_new_tokens: int = 64
+    """longest sampled response at evaluation"""
+    temperature: float = 1.0
+    """sampling temperature at evaluation (the KL is that of the tempered policy)"""
+
+
+def sequence_logps(logits, input_ids, completion_mask):
+    """(log pi(y|x), |y|), each (B,): the sum of log-probs of the completion tokens (EOS included; prompt and
+    padding excluded) and their count. Token t is predicted from the logits at t - 1."""
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+    mask = completion_mask[:, 1:].float()
+    return (logp * mask).sum(-1), mask.sum(-1)
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, loss_type="sigmoid",
+             label_smoothing=0.0, label_smoothing_form="conservative", chosen_tokens=None, rejected_tokens=None, rpo_alpha=0.0):
+    """(losses, chosen_rewards, rejected_rewards), each (B,). Inputs are (B,) sequence log-probs summed over completion
+    tokens; c = policy_chosen - ref_chosen, r = policy_rejected - ref_rejected, h = c - r, e = label_smoothing.
+      sigmoid (DPO eq. 7):          -log sigmoid(beta h)
+        conservative (cDPO):        -(1 - e) log sigmoid(beta h) - e log sigmoid(-beta h)    (soft labels)
+        robust (rDPO):              [-(1 - e) log sigmoid(beta h) + e log sigmoid(-beta h)] / (1 - 2e)
+                                    (unbiased: its expectation under flips with rate e is the clean loss)
+      ipo (Azar et al. eq. 17):     (c / |y_w| - r / |y_l| - 1 / (2 beta))^2   needs chosen_tokens, rejected_tokens:
+                                    the log-ratios are averaged per token here, so pass summed log-probs and counts
+      hinge (SLiC-HF):              relu(1 - beta h)
+      rpo_alpha > 0 (RPO):          + rpo_alpha * (-policy_chosen / |y_w|), the per-token NLL of the chosen response
+    The implicit rewards are beta * c and beta * r (summed log-ratios, for every loss type)."""
+    c = policy_chosen_logps - ref_chosen_logps
+    r = policy_rejected_logps - ref_rejected_logps
+    h = c - r
+    e = label_smoothing
+    if e and loss_type != "sigmoid":
+        raise ValueError("label smoothing is defined for the sigmoid loss only")
+    if not 0 <= e < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {e}")
+    if loss_type == "sigmoid":
+        if label_smoothing_form == "robust":
+            losses = (-(1 - e) * F.logsigmoid(beta * h) + e * F.logsigmoid(-beta * h)) / (1 - 2 * e)
+        else:
+            losses = -(1 - e) * F.logsigmoid(beta * h) - e * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        if chosen_tokens is None or rejected_tokens is None:
+            raise ValueError("the ipo loss averages log-ratios per token: pass chosen_tokens and rejected_tokens")
+        losses = (c / chosen_tokens - r / rejected_tokens - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = F.relu(1 - beta * h)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}")
+    if rpo_alpha:
+        if chosen_tokens is None:
+            raise ValueError("the rpo term is a per-token NLL: pass chosen_tokens")
+        losses = losses + rpo_alpha * (-policy_chosen_logps / chosen_tokens)
+    return losses, beta * c.detach(), beta * r.detach()
+
+
+def collate(encoded, pad_id, device):
+    """(input_ids, attention_mask, completion_mask), right-padded, each (B, T)."""
+    ids = data.pad([e[0] for e in encoded], pad_id).to(device)
+    am = data.pad([[1] * len(e[0]) for e in encoded], 0).to(device)
+    cm = data.pad([e[1] for e in encoded], 0).to(device)
+    return ids, am, cm
+
+
+def concatenated_logps(model, chosen, rejected, pad_id, device):
+    """One forward pass over chosen and rejected concatenated (2B rows: chosen first); (logps, n_tokens), each (2B,)."""
+    ids, am, cm = collate(chosen + rejected, pad_id, device)
+    return sequence_logps(model(input_ids=ids, attention_mask=am).logits, ids, cm)
+
+
+@torch.no_grad()
+def precompute_reference(ref_model, chosen, rejected, batch_size, pad_id, device, autocast, rank=0, world=1):
+    """(N, 2) reference log-probs (chosen, rejected) of every pair, computed once before training. Each rank computes
+    its share; an all_reduce over zeros elsewhere fills in the rest."""
+    out = torch.zeros(len(chosen), 2, dtype=torch.float64, device=device)
+    mine = list(range(rank, len(chosen), world))
+    for b in range(0, len(mine), batch_size):
+        idx = mine[b : b + batch_size]
+        with autocast:
+            logps, _ = concatenated_logps(ref_model, [chosen[i] for i in idx], [rejected[i] for i in idx], pad_id, device)
+        out[idx] = logps.view(2, -1).T.double()
+    if world > 1:
+        dist.all_reduce(out)
+    return out.float().cpu()
+
+
+METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"]
+
+
+def pair_batch(model, ref_model, ref_logps, chosen, rejected, idx, args, pad_id, device):
+    """The loss (scalar) and the metrics of the pairs idx. ref_logps (N, 2) when precomputed, else ref_model runs now."""
+    c, r = [chosen[i] for i in idx], [rejected[i] for i in idx]
+    logps, n_tokens = concatenated_logps(model, c, r, pad_id, device)
+    if ref_logps is None:
+        with torch.no_grad():
+            ref, _ = concatenated_logps(ref_model, c, r, pad_id, device)
+    else:
+        ref = ref_logps[idx].T.reshape(-1).to(device)  # (2B,): chosen, then rejected
+    B = len(idx)
+    losses, chosen_rewards, rejected_rewards = dpo_loss(
+        logps[:B], logps[B:], ref[:B], ref[B:], args.beta, args.loss_type, args.label_smoothing,
+        args.label_smoothing_form, n_tokens[:B], n_tokens[B:], args.rpo_alpha)
+    margins = chosen_rewards - rejected_rewards
+    metrics = {  # the names of METRICS
+        "loss": losses.mean().item(),
+        "rewards/chosen": chosen_rewards.mean().item(),
+        "rewards/rejected": rejected_rewards.mean().item(),
+        "rewards/margins": margins.mean().item(),
+        # a tie (policy == reference) counts as half right, so chance reads 0.5 and not 0
+        "rewards/accuracies": ((margins > 0).float() + 0.5 * (margins == 0).float()).mean().item(),
+        "logps/chosen": logps[:B].mean().item(),
+        "logps/rejected": logps[B:].mean().item(),
+    }
+    return losses.mean(), metrics
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts, max_new_tokens, temperature, batch_size=64):
+    """Pure sampling (no top-k, no top-p). Returns the texts and, per batch, (ids, attention_mask, response_mask)
+    with the response mask covering the sampled tokens up to and including the first EOS."""
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    texts, batches = [], []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        resp = gen[:, enc.input_ids.shape[1] :]  # (B, N)
+        is_eos = (resp == tokenizer.eos_token_id).long()
+        resp_mask = (is_eos.cumsum(1) - is_eos) == 0  # no EOS before this token: the EOS itself is part of the response
+        am = torch.cat([enc.attention_mask, torch.ones_like(resp)], 1)
+        batches.append((gen, am, torch.cat([torch.zeros_like(enc.input_ids), resp_mask.long()], 1)))
+        texts += [t.strip() for t in tokenizer.batch_decode(resp.masked_fill(~resp_mask, tokenizer.pad_token_id), skip_special_tokens=True)]
+    tokenizer.padding_side = "right"
+    return texts, batches
+
+
+@torch.no_grad()
+def sample_logps(model, batches, temperature):
+    """Sequence log-probs of the sampled responses under model at the sampling temperature, (N,)."""
+    out = []
+    for ids, am, rm in batches:
+        logits = model(input_ids=ids, attention_mask=am, position_ids=models.position_ids_from_mask(am)).logits
+        out.append(sequence_logps(logits / temperature, ids, rm)[0])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate(model, ref_model, ref_logps, chosen, rejected, eval_prompts, args, pad_id, tokenizer, device, autocast, rank, world):
+    """Held-out pair metrics (eval/...), and on task prompts: samples, their gold reward and their sequence-level KL
+    to the reference, mean over samples of log pi(y|x) - log pi_ref(y|x) (the axes of the DPO paper's frontier)."""
+    model.eval()
+    idx = list(range(rank, len(chosen), world))
+    sums, n = Counter(), 0
+    for b in range(0, len(idx), args.per_device_batch_size):
+        part = idx[b : b + args.per_device_batch_size]
+        with autocast:
+            _, m = pair_batch(model, ref_model, ref_logps, chosen, rejected, part, args, pad_id, device)
+        sums.update({k: v * len(part) for k, v in m.items()})
+        n += len(part)
+    out = models.reduce_mean({f"eval/{k}": sums[k] / max(n, 1) for k in METRICS}, weight=n)
+    if eval_prompts:
+        prompts = eval_prompts[rank::world]
+        texts, batches = sample(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
+        parts = [task.gold_components(p, t) for p, t in zip(prompts, texts)]
+        ev = {"eval/gold": statistics.mean(sum(c.values()) for c in parts),
+              "eval/states_answer": statistics.mean(c["helpful"] > 0 for c in parts),
+              "eval/correct": statistics.mean(c["truthful"] > 0 for c in parts),
+              "eval/response_length": statistics.mean(len(t.split()) for t in texts)}
+        if ref_model is not None:
+            ref_model.to(device)  # from its CPU copy when the reference log-probs were precomputed
+            with autocast:
+                ev["eval/kl"] = (sample_logps(model, batches, args.temperature) - sample_logps(ref_model, batches, args.temperature)).mean().item()
+            ref_model.to(device if args.reference_on_the_fly else "cpu")
+        out |= models.reduce_mean(ev, weight=len(prompts))
+        out["samples"] = list(zip(prompts[:8], texts[:8]))
+    model.train()
+    return out
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    rank, world, device, dtype = models.setup_distributed(args.cuda)
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
+    models.seed_everything(args.seed, args.torch_deterministic)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), args.beta, args.loss_type,  # fail fast on bad flags
+             args.label_smoothing, args.label_smoothing_form, torch.ones(1), torch.ones(1), args.rpo_alpha)
+
+    # Policy and reference: the same weights at the start; dropout off so log-prob ratios are not noisy
+    tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
+    model = models.disable_dropout(models.load_causal_lm(args.model, torch.float32, args.trust_remote_code))
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.to(device)
+    ref_model.to(device)
+    ddp_model = DDP(model) if world > 1 else model
+    torch.manual_seed(args.seed + rank)  # each rank samples differently at evaluation
+    pad_id = tokenizer.pad_token_id
+
+    # Data: preference pairs; the eval pairs are on prompts never trained on
+    if args.dataset == "embedded":
+        labeler = task.Labeler(args.labeler_temperature, args.flip_rate, args.length_bias)
+        train_prompts, eval_prompts = task.split_prompts()
+        train_prompts, eval_prompts = train_prompts[: args.num_train_prompts], eval_prompts[: args.num_eval_prompts]
+        train_rows = task.make_pairs(train_prompts, labeler, args.pairs_per_prompt, seed=args.seed)
+        eval_rows = task.make_pairs(eval_prompts, labeler, args.eval_pairs_per_prompt, seed=args.seed + 1)
+        ceiling = statistics.mean(labeler.ceiling(r["prompt"], r["chosen"], r["rejected"]) for r in eval_rows)
+    else:
+        train_rows, eval_rows = data.load_rows(args.dataset, "pairwise")
+        eval_prompts = sorted({r["prompt"] for r in eval_rows if isinstance(r["prompt"], str) and task.correct_answer(r["prompt"]) is not None})
+        eval_prompts = eval_prompts[: args.num_eval_prompts]
+        ceiling = None
+    encoded = {}
+    for split, rows in (("train", train_rows), ("eval", eval_rows)):
+        counts = Counter()
+        encoded[split] = tuple([data.encode(tokenizer, r["prompt"], r[k], args.max_length, args.max_prompt_length, counts) for r in rows]
+                               for k in ("chosen", "rejected"))
+        data.report(counts, f"{split} pairs (chosen and rejected)") if rank == 0 else None
+    (train_c, train_r), (eval_c, eval_r) = encoded["train"], encoded["eval"]
+    if not eval_c:
+        raise SystemExit(f"{args.dataset} has no eval pairs (its prompts hashed to the 5% eval split): give it more prompts")
+
+    # Reference log-probs: computed once, then the reference leaves the accelerator (a CPU copy stays for the KL of samples)
+    train_ref = eval_ref = None
+    if not args.reference_on_the_fly:
+        train_ref = precompute_reference(ref_model, train_c, train_r, args.per_device_batch_size, pad_id, device, autocast, rank, world)
+        eval_ref = precompute_reference(ref_model, eval_c, eval_r, args.per_device_batch_size, pad_id, device, autocast, rank, world)
+        ref_model = ref_model.to("cpu") if args.eval_kl and eval_prompts else None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
+    num_steps = args.num_epochs * math.ceil(len(train_c) / global_batch)
+    warmup = int(args.warmup_ratio * num_steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    eval_args = (eval_ref, eval_c, eval_r, eval_prompts, args, pad_id, tokenizer, device, autocast, rank, world)
+
+    before = ev = evaluate(model, ref_model, *eval_args)
+    if rank == 0:
+        print(f"before training: eval loss {before['eval/loss']:.3f}" + (f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""))
+    rng = random.Random(args.seed)
+    step, start, pairs_seen = 0, time.time(), 0
+    bar = tqdm(total=num_steps, desc="dpo", disable=rank != 0)
+    for epoch in range(args.num_epochs):
+        order = list(range(len(train_c)))
+        rng.shuffle(order)  # the same order on every rank
+        for b in range(0, len(order), global_batch):
+            mine = order[b : b + global_batch][rank::world]  # this rank's share of the global batch
+            micro = [mine[i : i + args.per_device_batch_size] for i in range(0, len(mine), args.per_device_batch_size)]
+            optimizer.zero_grad()
+            sums = Counter()
+            for k, idx in enumerate(micro):
+                sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()
+                with sync, autocast:
+                    loss, m = pair_batch(ddp_model, ref_model, train_ref, train_c, train_r, idx, args, pad_id, device)
+                    (loss / len(micro)).backward()
+                sums.update({key: v / len(micro) for key, v in m.items()})
+                pairs_seen += len(idx)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            logged = models.reduce_mean(dict(sums))
+            writer.add_scalar("train/loss", logged.pop("loss"), step)
+            for key, v in logged.items():
+                writer.add_scalar(key, v, step)
+            writer.add_scalar("charts/grad_norm", grad_norm.item(), step)
+            writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
+            writer.add_scalar("charts/pairs_per_second", pairs_seen * world / (time.time() - start), step)
+            if step % args.eval_every == 0 or step == num_steps:
+                ev = evaluate(model, ref_model, *eval_args)
+                for key, v in ev.items():
+                    if key != "samples":
+                        writer.add_scalar(key, v, step)
+                bar.set_postfix(margin=f"{logged['rewards/margins']:.2f}", acc=f"{ev['eval/rewards/accuracies']:.2f}",
+                                **({"gold": f"{ev['eval/gold']:.2f}"} if "eval/gold" in ev else {}))
+    bar.close()
+
+    after = ev
+    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
+    if rank == 0:
+        if "samples" in after:
+            writer.add_text("samples", "\n\n".join(f"**{p}** {r}" for p, r in after["samples"]), step)
+            for p, r in after["samples"][:4]:
+                print(f"  {p} -> {r}")
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        acc0, acc1 = before["eval/rewards/accuracies"], after["eval/rewards/accuracies"]
+        summary = f"dpo ({args.loss_type}, beta {args.beta}): eval accuracy {acc0:.2f} -> {acc1:.2f}"
+        summary += f" (labeler ceiling {ceiling:.2f})" if ceiling is not None else ""
+        summary += f", margin {after['eval/rewards/margins']:.2f}, logps chosen {before['eval/logps/chosen']:.1f} -> {after['eval/logps/chosen']:.1f}"
+        summary += f", rejected {before['eval/logps/rejected']:.1f} -> {after['eval/logps/rejected']:.1f}"
+        if "eval/gold" in after:
+            summary += f", eval gold {before['eval/gold']:.3f} -> {after['eval/gold']:.3f} (best {task.BEST_GOLD})"
+            summary += f" at KL {after['eval/kl']:.2f} nats" if "eval/kl" in after else ""
+            summary += f", correct {before['eval/correct']:.0%} -> {after['eval/correct']:.0%}"
+        elapsed = time.time() - start
+        print(summary + f", {elapsed:.0f}s training ({pairs_seen * world / elapsed:.0f} pairs/s) on {world} process(es), saved to {out_dir}")
+    writer.close()
+    if world > 1:
+        dist.destroy_process_group()
