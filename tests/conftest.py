@@ -58,10 +58,21 @@ def llama_pad_eos(tmp_path_factory):
     return build_checkpoint(tmp_path_factory.mktemp("llama_pad_eos"), "llama", pad="eos")
 
 
-def run_script(script, *args, timeout=600, cwd=None):
-    """Run one of the scripts as a user would; return its stdout (the test fails with the output if it fails)."""
-    cmd = [sys.executable, str(ROOT / script), *args]
+def run_script(script, *args, timeout=600, cwd=None, nproc=1):
+    """Run one of the scripts as a user would (with nproc > 1: under `torchrun --nproc_per_node nproc`, gloo on CPU);
+    return its stdout (the test fails with the output if it fails)."""
+    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    cmd = [*launcher, str(ROOT / script), *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=env)
     assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return p.stdout
+
+
+def scalars(run_root):
+    """{tag: [values in step order]} from the one TensorBoard run under run_root (a script's runs/ directory)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run_dir,) = [p for p in Path(run_root).iterdir() if p.is_dir()]
+    acc = EventAccumulator(str(run_dir)).Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

@@ -6,11 +6,10 @@ import re
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ppo_rlhf
 from common import data, models, task
-from conftest import run_script
+from conftest import run_script, scalars
 
 
 @pytest.fixture(autouse=True)
@@ -213,12 +212,6 @@ def test_reward_model_scores_normalized_and_same_after_reencoding(tmp_path):
 
 
 # ---------------------------------------------------------------- end to end
-
-def scalars(run_root):
-    (run_dir,) = [p for p in run_root.iterdir() if p.is_dir()]
-    acc = EventAccumulator(str(run_dir)).Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
 
 def test_end_to_end_gold_learns_and_logs_the_field_names(tmp_path):
     out = run_script("ppo_rlhf.py", "--total-episodes", "256", "--rollout-batch-size", "64", "--response-length", "24",

@@ -1,0 +1,378 @@
+"""Bradley-Terry reward model: a scalar reward trained on pairwise preferences (InstructGPT step 2; Stiennon et al. 2020).
+
+The SFT model with its unembedding replaced by a scalar head scores prompt + response at the last real token;
+the loss makes the chosen response score above the rejected one:
+    loss = -log sigmoid(r(x, y_w) - r(x, y_l) - m)  +  c * mean((r_w + r_l)^2)
+with an optional per-pair margin m (Llama 2) and an optional centering term (Eisenstein et al. 2023).
+After one epoch the reward gets a bias (and with --normalize-std a gain) so that reference responses score
+mean 0 (std 1), stored in the saved config as reward_mean / reward_std: normalized = (raw - reward_mean) / reward_std.
+    python rm_bt.py                                                  # embedded task, bundled base policy (CPU, minutes)
+    python rm_bt.py --length-bias 0.3                                # a labeler that likes long answers
+    python rm_bt.py --length-bias 0.3 --counterexample-frac 0.3      # ... and the fix: curated counterexamples
+    python rm_bt.py --model gpt2 --dataset pairs.jsonl               # {"prompt", "chosen", "rejected"[, "margin"]}
+    torchrun --nproc_per_node 4 rm_bt.py --model gpt2 ...            # data parallel (DDP)
+"""
+
+import math
+import os
+import random
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import tyro
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from common import data, models, task
+
+
+@dataclass
+class Args:
+    exp_name: str = "rm_bt"
+    """the name of this experiment (the run is logged to runs/<exp_name>__<seed>__<time>)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """sets torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA when available (bf16 autocast where supported)"""
+    trust_remote_code: bool = False
+    """allow model code from the hub (off unless you trust it)"""
+
+    model: str = models.BUNDLED_MODEL
+    """the model to start from (the SFT model, as in InstructGPT): a hub name or local path; it gets a fresh scalar head"""
+    dataset: str = "embedded"
+    """'embedded' (pairs labeled by the task's simulated labeler), or a local .jsonl/.json file or hub dataset of pairwise rows"""
+    pairs_per_prompt: int = 16
+    """embedded task only: training pairs per train prompt (1566 prompts); fresh pairs help more than extra epochs (8: 0.75 accuracy, 32: 0.83)"""
+    num_train_prompts: Optional[int] = None
+    """embedded task only: use the first N train prompts (default all 1566; fewer for quick runs)"""
+    eval_pairs_per_prompt: int = 8
+    """embedded task only: held-out pairs per eval prompt (174 prompts), so the accuracy estimate is tight"""
+    labeler_temperature: float = 0.5
+    """embedded task only: the labeler's Bradley-Terry temperature (higher: noisier labels, a lower ceiling)"""
+    flip_rate: float = 0.0
+    """embedded task only: fraction of labels the labeler flips at random"""
+    length_bias: float = 0.0
+    """embedded task only: the labeler perceives gold + length_bias * words (0.3: long answers win most comparisons)"""
+    counterexample_frac: float = 0.0
+    """embedded task only: fraction of training pairs that are curated counterexamples (short but excellent over long but bad)"""
+    margin: bool = False
+    """use the Llama 2 margin: -log sigmoid(r_w - r_l - m); the embedded labeler gives its rating level (0, 1/3, 2/3, 1), a dataset its "margin" field (0 where absent)"""
+    center_coef: float = 0.0
+    """weight of the centering term c * mean((r_w + r_l)^2) (Eisenstein et al. 2023; TRL suggests 0.01)"""
+    output_dir: str = ""
+    """where to save the reward model and tokenizer (default runs/<run_name>/model)"""
+    num_epochs: int = 1
+    """passes over the pairs: one is the norm, more overfits (Stiennon et al., InstructGPT)"""
+    per_device_batch_size: int = 32
+    """pairs per forward pass on each device (2x sequences: chosen and rejected go through together)"""
+    gradient_accumulation_steps: int = 1
+    """forward passes per optimizer step; global batch = per_device_batch_size x this x number of processes"""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
+    learning_rate: Optional[float] = None
+    """peak learning rate, linear warmup then cosine decay to 0 (default 1e-3 for the bundled 0.83M model, 1e-5 for any other model: a good value for gpt2-size models)"""
+    warmup_ratio: float = 0.05
+    """fraction of steps with linear warmup"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_length: int = 96
+    """longest prompt + response in tokens; longer ones are truncated (counted)"""
+    max_prompt_length: int = 32
+    """longest prompt in tokens; its end is kept"""
+    eval_every: int = 50
+    """optimizer steps between evaluations on the held-out pairs"""
+    reference: str = "auto"
+    """responses the reward is normalized on: 'auto' (the embedded task's SFT demonstrations, else the chosen and rejected responses of the train pairs) or a {"prompt", "completion"} file"""
+    reference_size: int = 1024
+    """how many reference responses to score for the normalization"""
+    normalize_std: bool = False
+    """also set a gain so that reference rewards have std 1 (lm-human-preferences); otherwise only a bias (Stiennon et al.)"""
+    group_by_length: bool = True
+    """batch pairs of similar length together (less padding, about 2x faster on CPU); batches still come in random order"""
+
+
+def bradley_terry_loss(r_chosen, r_rejected, margin=None, center_coef=0.0):
+    """The mean over pairs of -log sigmoid(r_w - r_l - m) (Bradley-Terry; Stiennon et al. 2020, InstructGPT eq. 1),
+    m the per-pair margin of Llama 2 (0 when None), plus center_coef * mean((r_w + r_l)^2), which pins the
+    otherwise free offset of the reward near 0 (Eisenstein et al. 2023). All arguments (B,)."""
+    diff = r_chosen - r_rejected
+    if margin is not None:
+        diff = diff - margin
+    loss = -F.logsigmoid(diff).mean()  # logsigmoid: stable for large |diff|, unlike log(sigmoid(.))
+    if center_coef:
+        loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
+    return loss
+
+
+def reward_normalization(rewards, gain=False):
+    """(reward_mean, reward_std) that make (rewards - reward_mean) / reward_std mean 0, and std 1 when gain is set
+    (else reward_std = 1: a bias only). The loss is shift-invariant, so the offset is arbitrary until fixed here
+    on reference responses (Stiennon et al., InstructGPT); the gain keeps the KL coefficient's meaning (lm-human-preferences)."""
+    rewards = rewards.double()
+    return rewards.mean().item(), rewards.std(correction=0).item() if gain else 1.0
+
+
+def pearson(x, y):
+    """Pearson correlation of two (N,) tensors (0 when either is constant)."""
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    denominator = (x.norm() * y.norm()).item()
+    return (x @ y).item() / denominator if denominator > 0 else 0.0
+
+
+class LastTokenReward(torch.nn.Module):
+    """The reward model as one module whose forward gives (B,) rewards at the last real token, so that DDP, which
+    does its bookkeeping in forward(), can wrap it (under torchrun)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return models.reward_at_last_token(self.model, input_ids, attention_mask)
+
+
+def score(model, seqs, pad_id, device):
+    """(N,) raw rewards of token-id lists, read at the last real token (right padding, position from the mask).
+    model: a sequence-classification model, or LastTokenReward (possibly DDP-wrapped)."""
+    ids = data.pad(seqs, pad_id).to(device)
+    attention_mask = data.pad([[1] * len(s) for s in seqs], 0).to(device)
+    if isinstance(model, (LastTokenReward, DDP)):
+        return model(ids, attention_mask)
+    return models.reward_at_last_token(model, ids, attention_mask)
+
+
+def score_pairs(model, pairs, pad_id, device):
+    """(r_chosen, r_rejected), each (B,): chosen and rejected concatenated into one forward pass of 2B sequences."""
+    r = score(model, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id, device)  # (2B,)
+    return r[: len(pairs)], r[len(pairs) :]
+
+
+def length_grouped_batches(lengths, batch_size, rng, group=64):
+    """Index batches in random order, each holding items of similar length: shuffle, sort each run of `group`
+    batches' worth of items by length, cut it into batches, shuffle all batches (HF's group_by_length, simplified)."""
+    order = rng.sample(range(len(lengths)), len(lengths))
+    span = batch_size * group
+    order = [i for s in range(0, len(order), span) for i in sorted(order[s : s + span], key=lambda i: lengths[i])]
+    batches = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def n_words(text):
+    """Length of a response in words (a conversation: its messages' contents)."""
+    return len(text.split()) if isinstance(text, str) else sum(len(m["content"].split()) for m in text)
+
+
+def encode_pairs(rows, tokenizer, args, use_margin):
+    """Token ids of prompt + chosen and prompt + rejected (EOS appended), the margin, and the responses' lengths."""
+    counts, pairs = Counter(), []
+    for r in rows:
+        chosen = data.encode(tokenizer, r["prompt"], r["chosen"], args.max_length, args.max_prompt_length, counts)[0]
+        rejected = data.encode(tokenizer, r["prompt"], r["rejected"], args.max_length, args.max_prompt_length, counts)[0]
+        counts["pairs identical once truncated"] += chosen == rejected  # the part that differed was cut: no signal left
+        pairs.append({"chosen": chosen, "rejected": rejected, "margin": r.get("margin", 0.0) if use_margin else 0.0,
+                      "words": (n_words(r["chosen"]), n_words(r["rejected"]))})
+    return pairs, counts
+
+
+def gather_in_order(values, rank, world):
+    """(N,) from each rank's (n_rank,) share, rank r holding items r, r + world, ...: back in the items' order."""
+    if world == 1:
+        return values
+    shares = [None] * world
+    dist.all_gather_object(shares, values.cpu())
+    out = torch.empty(sum(len(s) for s in shares))
+    for r, s in enumerate(shares):
+        out[r::world] = s
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, pairs, pad_id, device, args, gold_sign=None, chunk=128, rank=0, world=1):
+    """Held-out loss, accuracy (ties count half), margin, reward mean and std, and the correlation of reward with
+    response length in words (Singhal et al. 2023); with gold_sign (+1, -1, or 0 for a tie; (N,)) the accuracy
+    against the gold preference, gold ties left out. Each rank scores its share; all ranks get the same numbers."""
+    model.eval()
+    mine = pairs[rank::world]
+    rc, rr = map(torch.cat, zip(*[score_pairs(model, mine[i : i + chunk], pad_id, device) for i in range(0, len(mine), chunk)]))
+    rc, rr = gather_in_order(rc.float(), rank, world), gather_in_order(rr.float(), rank, world)
+    model.train()
+    m = torch.tensor([p["margin"] for p in pairs], device=rc.device) if args.margin else None
+    rewards = torch.cat([rc, rr])
+    words = torch.tensor([p["words"][0] for p in pairs] + [p["words"][1] for p in pairs])
+    out = {
+        "loss": bradley_terry_loss(rc, rr, m, args.center_coef).item(),
+        "accuracy": ((rc > rr).float() + 0.5 * (rc == rr).float()).mean().item(),
+        "margin": (rc - rr).mean().item(),
+        "reward_mean": rewards.mean().item(),
+        "reward_std": rewards.std().item(),
+        "reward_length_corr": pearson(rewards.cpu(), words),
+    }
+    if gold_sign is not None:
+        agree = (torch.sign(rc - rr).cpu() * gold_sign + 1) / 2  # 1 agrees, 0 disagrees, 1/2 a reward tie
+        out["gold_accuracy"] = agree[gold_sign != 0].mean().item()
+    return out
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    rank, world, device, dtype = models.setup_distributed(args.cuda)
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
+    models.seed_everything(args.seed, args.torch_deterministic)
+    say = print if rank == 0 else lambda *a, **k: None
+    # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    lr = args.learning_rate or (1e-3 if args.model == models.BUNDLED_MODEL else 1e-5)
+
+    # The reward model starts from the SFT model with a fresh scalar head (InstructGPT); dropout off
+    tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
+    model = models.disable_dropout(models.load_reward_model(args.model, torch.float32, args.trust_remote_code)).to(device)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
+    pad_id = tokenizer.pad_token_id
+
+    # Data: pairs (chosen, rejected); the eval pairs are on prompts never trained on
+    embedded = args.dataset == "embedded"
+    if embedded:
+        labeler = task.Labeler(args.labeler_temperature, args.flip_rate, args.length_bias)
+        train_prompts, eval_prompts = task.split_prompts()
+        train_prompts = train_prompts[: args.num_train_prompts]
+        train_rows = task.make_pairs(train_prompts, labeler, args.pairs_per_prompt, args.seed, args.margin, args.counterexample_frac)
+        # the labeler's own comparisons only (no curated counterexamples): every ablation is measured on the same pairs
+        eval_rows = task.make_pairs(eval_prompts, labeler, args.eval_pairs_per_prompt, args.seed + 1, args.margin)
+    else:
+        train_rows, eval_rows = data.load_rows(args.dataset, "pairwise")
+        with_margin = sum("margin" in r for r in train_rows)
+        if with_margin and not args.margin:
+            say(f"{with_margin} of {len(train_rows)} train pairs have a margin; pass --margin to use it (Llama 2)")
+    train, counts = encode_pairs(train_rows, tokenizer, args, args.margin)
+    data.report(counts, "train pairs") if rank == 0 else None
+    eval_pairs, counts = encode_pairs(eval_rows, tokenizer, args, args.margin)
+    data.report(counts, "eval pairs") if rank == 0 else None
+
+    # Ground truth where it is known: agreement with the gold preference (task prompts, plain-text responses),
+    # and the labeler's ceiling, the accuracy a perfect reward model reaches on these noisy labels
+    gold_sign, ceiling = None, None
+    if all(isinstance(r["prompt"], str) and task.correct_answer(r["prompt"]) is not None
+           and isinstance(r["chosen"], str) and isinstance(r["rejected"], str) for r in eval_rows):
+        gold_sign = torch.tensor([math.copysign(1, d) if d else 0.0 for d in
+                                  (task.gold_reward(r["prompt"], r["chosen"]) - task.gold_reward(r["prompt"], r["rejected"]) for r in eval_rows)])
+        say(f"gold preference: {int((gold_sign != 0).sum())} eval pairs, {int((gold_sign == 0).sum())} gold ties left out, "
+              f"the labels agree with it on {((gold_sign[gold_sign != 0] + 1) / 2).mean():.3f}")
+    if embedded:
+        ceiling = sum(labeler.ceiling(r["prompt"], r["chosen"], r["rejected"]) for r in eval_rows) / len(eval_rows)
+        say(f"labeler's ceiling on the {len(eval_rows)} eval pairs: {ceiling:.3f}")
+
+    global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
+    num_steps = args.num_epochs * math.ceil(len(train) / global_batch)
+    warmup = int(args.warmup_ratio * num_steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    def log_eval(step):
+        with autocast:
+            ev = evaluate(model, eval_pairs, pad_id, device, args, gold_sign, rank=rank, world=world)
+        for k, v in ev.items():
+            writer.add_scalar(f"eval/{k}", v, step)
+        if ceiling is not None:
+            writer.add_scalar("eval/ceiling", ceiling, step)
+        return ev
+
+    before = log_eval(0)
+    say(f"before training: eval loss {before['loss']:.3f}, accuracy {before['accuracy']:.3f}, learning rate {lr:g}")
+    rng = random.Random(args.seed)
+    step, start = 0, time.time()
+    bar = tqdm(total=num_steps, desc="rm_bt", disable=rank != 0)
+    for epoch in range(args.num_epochs):
+        # the same global batches on every rank (same seed); each rank takes its share of each
+        if args.group_by_length:
+            batches = length_grouped_batches([max(len(p["chosen"]), len(p["rejected"])) for p in train], global_batch, rng)
+        else:
+            order = rng.sample(range(len(train)), len(train))
+            batches = [order[b : b + global_batch] for b in range(0, len(order), global_batch)]
+        for i, idx in enumerate(batches):
+            mine = idx[rank::world]
+            micro = [mine[k : k + args.per_device_batch_size] for k in range(0, len(mine), args.per_device_batch_size)]
+            optimizer.zero_grad()
+            rcs, rrs = [], []
+            for k, part in enumerate(micro):
+                batch = [train[j] for j in part]
+                m = torch.tensor([p["margin"] for p in batch], device=device) if args.margin else None
+                sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()  # all-reduce once, after the last
+                with sync, autocast:
+                    rc, rr = score_pairs(ddp_model, batch, pad_id, device)  # (b,), (b,)
+                    loss = bradley_terry_loss(rc, rr, m, args.center_coef)
+                    # weighted so that DDP's average over ranks of the summed micro-batch gradients is the global batch mean
+                    (loss * len(part) * world / len(idx)).backward()
+                rcs.append(rc.detach().float())
+                rrs.append(rr.detach().float())
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            rc, rr = torch.cat(rcs), torch.cat(rrs)
+            m = torch.tensor([train[j]["margin"] for j in mine], device=device) if args.margin else None
+            logged = models.reduce_mean({  # means over the global batch
+                "loss/train": bradley_terry_loss(rc, rr, m, args.center_coef).item(), "rewards/chosen": rc.mean().item(),
+                "rewards/rejected": rr.mean().item(), "rewards/margins": (rc - rr).mean().item(),
+                "rewards/accuracies": (rc > rr).float().mean().item()}, weight=len(mine))
+            for key, v in logged.items():
+                writer.add_scalar(key, v, step)
+            writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
+            writer.add_scalar("charts/epoch", epoch + (i + 1) / len(batches), step)
+            writer.add_scalar("charts/pairs_per_second", step * global_batch / (time.time() - start), step)
+            if step % args.eval_every == 0 or step == num_steps:
+                ev = log_eval(step)
+                bar.set_postfix(loss=f"{logged['loss/train']:.3f}", eval_acc=f"{ev['accuracy']:.3f}")
+    bar.close()
+    train_time = time.time() - start
+
+    if rank != 0:  # rank 0 alone normalizes, saves and reports
+        dist.destroy_process_group()
+        raise SystemExit(0)
+    # Normalization: a bias so that reference responses score mean 0 (Stiennon et al.; InstructGPT uses the
+    # demonstrations), and with --normalize-std a gain for std 1 (lm-human-preferences). ppo_rlhf.py applies it.
+    if args.reference != "auto":
+        ref_rows = [r for rows in data.load_rows(args.reference, "sft") for r in rows]
+    elif embedded:
+        ref_rows = task.make_sft(train_prompts, 1, seed=args.seed + 2)
+    else:
+        ref_rows = [{"prompt": r["prompt"], "completion": r[k]} for r in train_rows for k in ("chosen", "rejected")]
+    ref_rows = random.Random(args.seed).sample(ref_rows, min(args.reference_size, len(ref_rows)))
+    counts = Counter()
+    ref_ids = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts)[0] for r in ref_rows]
+    data.report(counts, "reference responses")
+    model.eval()
+    with torch.no_grad(), autocast:
+        ref = torch.cat([score(model, ref_ids[i : i + 256], pad_id, device) for i in range(0, len(ref_ids), 256)])
+    model.config.reward_mean, model.config.reward_std = reward_normalization(ref, args.normalize_std)
+    writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
+    writer.add_scalar("eval/reference_reward_std", ref.std(correction=0).item(), step)
+
+    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    summary = f"rm_bt: eval accuracy {before['accuracy']:.3f} -> {ev['accuracy']:.3f}"
+    if ceiling is not None:
+        summary += f" (labeler's ceiling {ceiling:.3f}, {100 * (ceiling - ev['accuracy']):.1f} points below)"
+    if gold_sign is not None:
+        summary += f", gold accuracy {ev['gold_accuracy']:.3f}"
+    summary += (f", eval loss {ev['loss']:.3f}, margin {ev['margin']:.2f}, reward-length corr {ev['reward_length_corr']:+.2f}, "
+                f"reward_mean {model.config.reward_mean:.3f} reward_std {model.config.reward_std:.3f}, "
+                f"{len(train) * args.num_epochs / train_time:.0f} pairs/s, {train_time:.0f}s on {world} process(es), saved to {out_dir}")
+    print(summary)
+    writer.close()
+    if world > 1:
+        dist.destroy_process_group()
