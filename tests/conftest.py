@@ -76,3 +76,16 @@ def scalars(run_root):
     (run_dir,) = [p for p in Path(run_root).iterdir() if p.is_dir()]
     acc = EventAccumulator(str(run_dir)).Reload()
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def one_and_two_processes(script, flags, tmp_path, summary):
+    """Run script with batch 16 on 1 process and with batch 8 per device on 2 (torchrun, gloo): the same global
+    batch. Checks that each printed its summary once, from rank 0; returns the two runs' logged scalars."""
+    runs = {}
+    for nproc, batch in ((1, 16), (2, 8)):
+        cwd = tmp_path / f"nproc{nproc}"
+        cwd.mkdir()
+        out = run_script(script, *flags, "--per-device-batch-size", str(batch), "--output-dir", str(cwd / "model"), cwd=cwd, nproc=nproc)
+        assert out.count(summary) == 1 and f"on {nproc} process(es)" in out
+        runs[nproc] = scalars(cwd / "runs")
+    return runs[1], runs[2]

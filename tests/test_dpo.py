@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 import dpo
 from common import data, models, task
-from conftest import run_script, scalars
+from conftest import one_and_two_processes, run_script
 
 LN2 = math.log(2)
 
@@ -228,14 +228,7 @@ def test_two_processes_follow_the_one_process_trajectory(tmp_path):
     (the all-reduce sums in another order); only rank 0 logs, saves and prints."""
     flags = ["--num-train-prompts", "48", "--pairs-per-prompt", "2", "--num-eval-prompts", "8", "--eval-every", "1000",
              "--max-new-tokens", "8", "--learning-rate", "1e-3", "--no-eval-kl"]
-    runs = {}
-    for nproc, batch in ((1, 16), (2, 8)):
-        cwd = tmp_path / f"nproc{nproc}"
-        cwd.mkdir()
-        out = run_script("dpo.py", *flags, "--per-device-batch-size", str(batch), "--output-dir", str(cwd / "model"), cwd=cwd, nproc=nproc)
-        assert out.count("dpo (sigmoid") == 1 and f"on {nproc} process(es)" in out
-        runs[nproc] = scalars(cwd / "runs")
-    one, two = runs[1], runs[2]
+    one, two = one_and_two_processes("dpo.py", flags, tmp_path, "dpo (sigmoid")
     assert len(one["train/loss"]) == len(two["train/loss"]) == 6  # 96 pairs / 16 per step
     assert two["train/loss"] == pytest.approx(one["train/loss"], abs=1e-4)
     assert two["rewards/accuracies"] == pytest.approx(one["rewards/accuracies"], abs=1e-4)

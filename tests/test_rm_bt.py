@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from common import data, models, task
-from conftest import run_script, scalars
+from conftest import one_and_two_processes, run_script
 from rm_bt import bradley_terry_loss, reward_normalization, score, score_pairs
 
 
@@ -143,14 +143,7 @@ def test_two_processes_follow_the_one_process_trajectory(tmp_path):
     at every step within 1e-4, the same eval accuracy; rank 0 alone prints and saves."""
     flags = ["--num-train-prompts", "96", "--pairs-per-prompt", "1", "--eval-pairs-per-prompt", "1", "--eval-every", "3",
              "--reference-size", "64"]
-    runs = {}
-    for nproc, batch in ((1, 16), (2, 8)):
-        cwd = tmp_path / f"nproc{nproc}"
-        cwd.mkdir()
-        out = run_script("rm_bt.py", *flags, "--per-device-batch-size", str(batch), "--output-dir", str(cwd / "m"), cwd=cwd, nproc=nproc)
-        assert out.count("rm_bt: eval accuracy") == 1 and f"on {nproc} process(es)" in out
-        runs[nproc] = scalars(cwd / "runs")
-    one, two = runs[1], runs[2]
+    one, two = one_and_two_processes("rm_bt.py", flags, tmp_path, "rm_bt: eval accuracy")
     assert len(one["loss/train"]) == len(two["loss/train"]) == 6  # 96 pairs / 16 per step
     assert two["loss/train"] == pytest.approx(one["loss/train"], abs=1e-4)
     assert two["rewards/accuracies"] == pytest.approx(one["rewards/accuracies"], abs=1e-4)
