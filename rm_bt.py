@@ -155,13 +155,22 @@ def score_pairs(model, pairs, pad_id, device):
     return r[: len(pairs)], r[len(pairs) :]
 
 
-def length_grouped_batches(lengths, batch_size, rng, group=64):
+def split_batches(order, size, world=1):
+    """Consecutive global batches of `size` items; a last batch too small to give each of the `world` ranks a share
+    joins the one before it (nothing is dropped)."""
+    batches = [order[b : b + size] for b in range(0, len(order), size)]
+    if len(batches) > 1 and len(batches[-1]) < world:
+        batches[-2] = batches[-2] + batches.pop()
+    return batches
+
+
+def length_grouped_batches(lengths, batch_size, rng, world=1, group=64):
     """Index batches in random order, each holding items of similar length: shuffle, sort each run of `group`
     batches' worth of items by length, cut it into batches, shuffle all batches (HF's group_by_length, simplified)."""
     order = rng.sample(range(len(lengths)), len(lengths))
     span = batch_size * group
     order = [i for s in range(0, len(order), span) for i in sorted(order[s : s + span], key=lambda i: lengths[i])]
-    batches = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
+    batches = split_batches(order, batch_size, world)
     rng.shuffle(batches)
     return batches
 
@@ -274,7 +283,7 @@ if __name__ == "__main__":
         say(f"labeler's ceiling on the {len(eval_rows)} eval pairs: {ceiling:.3f}")
 
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
-    num_steps = args.num_epochs * math.ceil(len(train) / global_batch)
+    num_steps = args.num_epochs * len(split_batches(list(range(len(train))), global_batch, world))
     warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
@@ -297,10 +306,9 @@ if __name__ == "__main__":
     for epoch in range(args.num_epochs):
         # the same global batches on every rank (same seed); each rank takes its share of each
         if args.group_by_length:
-            batches = length_grouped_batches([max(len(p["chosen"]), len(p["rejected"])) for p in train], global_batch, rng)
+            batches = length_grouped_batches([max(len(p["chosen"]), len(p["rejected"])) for p in train], global_batch, rng, world)
         else:
-            order = rng.sample(range(len(train)), len(train))
-            batches = [order[b : b + global_batch] for b in range(0, len(order), global_batch)]
+            batches = split_batches(rng.sample(range(len(train)), len(train)), global_batch, world)
         for i, idx in enumerate(batches):
             mine = idx[rank::world]
             micro = [mine[k : k + args.per_device_batch_size] for k in range(0, len(mine), args.per_device_batch_size)]

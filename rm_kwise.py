@@ -10,6 +10,7 @@ prompt, not 2 x C(K,2)); their scores are laid out as a (prompts, Kmax) tensor w
     python rm_kwise.py                                            # the embedded task, bundled base policy
     python rm_kwise.py --loss pairwise --shuffle-pairs            # the ablation
     python rm_kwise.py --model gpt2 --dataset rankings.jsonl      # {"prompt", "completions": [best first, ...]}
+    torchrun --nproc_per_node 4 rm_kwise.py --model gpt2 ...      # data parallel (DDP): each process takes 1/4 of every batch
 The saved model loads with AutoModelForSequenceClassification; config.reward_mean / reward_std hold the
 normalization (normalized reward = (raw - reward_mean) / reward_std), as rm_bt.py saves it.
 """
@@ -19,12 +20,15 @@ import os
 import random
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import tyro
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import data, models, task
@@ -62,9 +66,11 @@ class Args:
     num_epochs: int = 4
     """passes over the rankings"""
     prompts_per_batch: int = 16
-    """prompts per optimizer step (all their completions are forwarded together)"""
+    """prompts per optimizer step, all processes together (under torchrun each takes its share); all their completions are forwarded"""
     pairs_per_batch: int = 0
-    """--shuffle-pairs only: pairs per optimizer step (0: as many as a per-prompt batch holds on average, so both take the same number of steps)"""
+    """--shuffle-pairs only: pairs per optimizer step, all processes together (0: as many as a per-prompt batch holds on average, so both take the same number of steps)"""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     learning_rate: float = 1e-3
     """peak learning rate (linear warmup, then cosine decay to 0); use ~1e-5 for a pretrained model"""
     warmup_ratio: float = 0.05
@@ -148,17 +154,31 @@ def ranking_metrics(scores, mask):
     return {"accuracy": agreement(scores, label, mask), "top1_accuracy": top1.float().mean().item(), "kendall_tau": tau.mean().item()}
 
 
+class LastTokenReward(torch.nn.Module):
+    """The reward model as one module whose forward gives (B,) rewards at the last real token, so that DDP, which
+    does its bookkeeping in forward(), can wrap it (under torchrun)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return models.reward_at_last_token(self.model, input_ids, attention_mask)
+
+
 def score_sequences(model, seqs, pad_id, device, chunk=32):
-    """(N,) raw rewards of token-id lists, read at the last real token (models.reward_at_last_token). Each
-    sequence is forwarded once; sorted by length into chunks, each padded only to its own longest (about 2x
-    faster here than padding all to the longest; the rewards and gradients are the same)."""
+    """(N,) raw rewards of token-id lists, read at the last real token (models.reward_at_last_token; model may
+    also be a LastTokenReward, possibly DDP-wrapped). Each sequence is forwarded once; sorted by length into
+    chunks, each padded only to its own longest (about 2x faster here than padding all to the longest; the
+    rewards and gradients are the same)."""
+    forward = model if isinstance(model, (LastTokenReward, DDP)) else LastTokenReward(model)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     parts = []
     for b in range(0, len(seqs), chunk):
         batch = [seqs[i] for i in order[b : b + chunk]]
         ids = data.pad(batch, pad_id).to(device)
         attention_mask = data.pad([[1] * len(s) for s in batch], 0).to(device)
-        parts.append(models.reward_at_last_token(model, ids, attention_mask))
+        parts.append(forward(ids, attention_mask))
     rewards = torch.cat(parts)
     return rewards[torch.argsort(torch.tensor(order, device=rewards.device))]  # back to the given order
 
@@ -200,6 +220,15 @@ def evaluate(model, eval_ids, pad_id, device, loss_fn, gold=None, lengths=None, 
     return out, scores
 
 
+def split_batches(units, size, world=1):
+    """Consecutive global batches of `size` units; a last batch too small to give each of the `world` ranks a share
+    joins the one before it (nothing is dropped)."""
+    batches = [units[b : b + size] for b in range(0, len(units), size)]
+    if len(batches) > 1 and len(batches[-1]) < world:
+        batches[-2] = batches[-2] + batches.pop()
+    return batches
+
+
 def padded(values, K):
     """(P, K) float tensor of per-prompt lists, zero-padded (read through a mask only)."""
     return torch.tensor([v + [0] * (K - len(v)) for v in values], dtype=torch.float32)
@@ -209,14 +238,20 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     if args.shuffle_pairs and args.loss != "pairwise":
         raise SystemExit("--shuffle-pairs trains on single pairs, so it needs --loss pairwise (Bradley-Terry on each pair)")
-    run_name, writer = models.make_run(args.exp_name, args.seed, args)
+    rank, world, device, dtype = models.setup_distributed(args.cuda)
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)
-    device, dtype = models.device_and_dtype(args.cuda)
+    say = print if rank == 0 else lambda *a, **k: None
+    # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
     # The reward model starts from the SFT model with a fresh scalar head (InstructGPT); dropout off
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
-    model = models.disable_dropout(models.load_reward_model(args.model, dtype, args.trust_remote_code)).to(device)
+    model = models.disable_dropout(models.load_reward_model(args.model, torch.float32, args.trust_remote_code)).to(device)
     model.config.pad_token_id = tokenizer.pad_token_id
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     loss_fn = LOSSES[args.loss]
 
     # Data: rankings best first; the eval rankings are on prompts never trained on
@@ -230,9 +265,9 @@ if __name__ == "__main__":
     else:
         train_rows, eval_rows = data.load_rows(args.dataset, "kwise")
     train_ids, _, counts = encode_rankings(train_rows, tokenizer, args)
-    data.report(counts, "train rankings")
+    data.report(counts, "train rankings") if rank == 0 else None
     eval_ids, eval_lengths, counts = encode_rankings(eval_rows, tokenizer, args)
-    data.report(counts, "eval rankings")
+    data.report(counts, "eval rankings") if rank == 0 else None
     K = max(len(r["completions"]) for r in eval_rows)
     eval_lengths = padded(eval_lengths, K)
     # Gold agreement and the labeler's ceiling where the ground truth is known (task prompts / the embedded labeler)
@@ -245,17 +280,17 @@ if __name__ == "__main__":
     if embedded:
         ceil = [labeler.ceiling(r["prompt"], c[i], c[j]) for r in eval_rows for c in [r["completions"]] for i in range(len(c)) for j in range(i + 1, len(c))]
         ceiling = sum(ceil) / len(ceil)
-        print(f"labeler's ceiling on held-out pairwise accuracy: {ceiling:.3f} ({len(ceil)} eval pairs)")
+        say(f"labeler's ceiling on held-out pairwise accuracy: {ceiling:.3f} ({len(ceil)} eval pairs)")
 
     # Batches: per prompt (all C(K,2) pairs of a prompt in one batch element, InstructGPT), or shuffled pairs
     steps_per_epoch = math.ceil(len(train_ids) / args.prompts_per_batch)
     if args.shuffle_pairs:
         units = [(p, i, j) for p, r in enumerate(train_ids) for i in range(len(r)) for j in range(i + 1, len(r))]
         per_step = args.pairs_per_batch or math.ceil(len(units) / steps_per_epoch)
-        print(f"shuffled pairs: {len(units)} pairs from {len(train_ids)} rankings, {per_step} pairs per step")
+        say(f"shuffled pairs: {len(units)} pairs from {len(train_ids)} rankings, {per_step} pairs per step")
     else:
         units, per_step = list(range(len(train_ids))), args.prompts_per_batch
-    num_steps = args.num_epochs * math.ceil(len(units) / per_step)
+    num_steps = args.num_epochs * len(split_batches(units, per_step, world))
     warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
@@ -263,48 +298,60 @@ if __name__ == "__main__":
     rng = random.Random(args.seed)
     pad_id = tokenizer.pad_token_id
 
-    def log_eval(step):
-        ev, _ = evaluate(model, eval_ids, pad_id, device, loss_fn, gold, eval_lengths, args.forward_chunk)
+    def log_eval(step):  # on rank 0 only (the plain model, no collective): the others go on and wait at the next all-reduce
+        with autocast:
+            ev, _ = evaluate(model, eval_ids, pad_id, device, loss_fn, gold, eval_lengths, args.forward_chunk)
         for k, v in ev.items():
             writer.add_scalar(f"eval/{k}", v, step)
         if ceiling is not None:
             writer.add_scalar("eval/ceiling", ceiling, step)
         return ev
 
-    before = log_eval(0)
-    print(f"before training: eval loss {before['loss']:.3f}, pairwise accuracy {before['accuracy']:.3f}")
+    before = log_eval(0) if rank == 0 else None
+    if rank == 0:
+        print(f"before training: eval loss {before['loss']:.3f}, pairwise accuracy {before['accuracy']:.3f}")
     step, sequences, start = 0, 0, time.time()
-    bar = tqdm(total=num_steps, desc=f"rm_kwise {args.loss}" + (" shuffled pairs" if args.shuffle_pairs else ""))
+    bar = tqdm(total=num_steps, desc=f"rm_kwise {args.loss}" + (" shuffled pairs" if args.shuffle_pairs else ""), disable=rank != 0)
     for epoch in range(args.num_epochs):
-        rng.shuffle(units)
-        for b in range(0, len(units), per_step):
-            batch = units[b : b + per_step]
+        rng.shuffle(units)  # the same order on every rank (same seed)
+        batches = split_batches(units, per_step, world)
+        for b, batch in enumerate(batches):
+            mine = batch[rank::world]  # this rank's share of the global batch
             if args.shuffle_pairs:  # each pair its own example: 2 forwards per pair, a (B, 2) "ranking"
-                rankings = [[train_ids[p][i], train_ids[p][j]] for p, i, j in batch]
+                rankings = [[train_ids[p][i], train_ids[p][j]] for p, i, j in mine]
             else:
-                rankings = [train_ids[p] for p in batch]
-            scores, mask = score_rankings(model, rankings, pad_id, device, args.forward_chunk)  # (P, Kmax)
-            loss = loss_fn(scores, mask)
+                rankings = [train_ids[p] for p in mine]
+            with autocast:
+                scores, mask = score_rankings(ddp_model, rankings, pad_id, device, args.forward_chunk)  # (P, Kmax)
+                loss = loss_fn(scores.float(), mask)  # the mean over this rank's prompts
             optimizer.zero_grad()
-            loss.backward()
+            # weighted so that DDP's average over ranks is the mean over the global batch's prompts
+            (loss * len(mine) * world / len(batch)).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             step += 1
-            sequences += int(mask.sum())
+            sequences += 2 * len(batch) if args.shuffle_pairs else sum(len(train_ids[p]) for p in batch)
             bar.update(1)
-            writer.add_scalar("loss/train", loss.item(), step)
-            writer.add_scalar("rewards/accuracies", ranking_metrics(scores.detach(), mask)["accuracy"], step)
-            writer.add_scalar("rewards/mean", scores.detach()[mask].mean().item(), step)
+            scores = scores.detach().float()
+            # means over the global batch: of prompts, of ranked pairs, of completions
+            logged = models.reduce_mean({"loss/train": loss.item()}, weight=len(mine))
+            logged |= models.reduce_mean({"rewards/accuracies": ranking_metrics(scores, mask)["accuracy"]}, weight=int(_pairs(mask).sum()))
+            logged |= models.reduce_mean({"rewards/mean": scores[mask].mean().item()}, weight=int(mask.sum()))
+            for key, v in logged.items():
+                writer.add_scalar(key, v, step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
-            writer.add_scalar("charts/epoch", epoch + b / len(units), step)
+            writer.add_scalar("charts/epoch", epoch + (b + 1) / len(batches), step)
             writer.add_scalar("charts/completions_per_second", sequences / (time.time() - start), step)
-            if step % args.eval_every == 0 or step == num_steps:
+            if rank == 0 and (step % args.eval_every == 0 or step == num_steps):
                 ev = log_eval(step)
-                bar.set_postfix(loss=f"{loss.item():.3f}", eval_acc=f"{ev['accuracy']:.3f}")
+                bar.set_postfix(loss=f"{logged['loss/train']:.3f}", eval_acc=f"{ev['accuracy']:.3f}")
     bar.close()
     train_time = time.time() - start
 
+    if rank != 0:  # rank 0 alone normalizes, saves and reports
+        dist.destroy_process_group()
+        raise SystemExit(0)
     # Normalization: the loss is shift-invariant, so set a bias for mean 0 on reference responses (Stiennon et
     # al., InstructGPT), and with --normalize-std a gain for std 1 (lm-human-preferences)
     if args.reference != "auto":
@@ -318,8 +365,8 @@ if __name__ == "__main__":
     ref_ids = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts)[0] for r in ref_rows]
     data.report(counts, "reference responses")
     model.eval()
-    with torch.no_grad():
-        ref = score_sequences(model, ref_ids, pad_id, device, args.forward_chunk)
+    with torch.no_grad(), autocast:
+        ref = score_sequences(model, ref_ids, pad_id, device, args.forward_chunk).float()
     model.config.reward_mean = ref.mean().item()
     model.config.reward_std = ref.std().item() if args.normalize_std else 1.0
     writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
@@ -335,6 +382,8 @@ if __name__ == "__main__":
     if gold is not None:
         summary += f", gold agreement {ev['gold_accuracy']:.3f}"
     summary += (f", reward-length corr {ev['reward_length_corr']:+.2f}, reward_mean {model.config.reward_mean:.3f} reward_std "
-                f"{model.config.reward_std:.3f}, {sequences / train_time:.0f} completions/s, {train_time:.0f}s, saved to {out_dir}")
+                f"{model.config.reward_std:.3f}, {sequences / train_time:.0f} completions/s, {train_time:.0f}s on {world} process(es), saved to {out_dir}")
     print(summary)
     writer.close()
+    if world > 1:
+        dist.destroy_process_group()

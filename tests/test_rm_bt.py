@@ -149,3 +149,16 @@ def test_two_processes_follow_the_one_process_trajectory(tmp_path):
     assert two["rewards/accuracies"] == pytest.approx(one["rewards/accuracies"], abs=1e-4)
     assert two["eval/accuracy"] == pytest.approx(one["eval/accuracy"], abs=1e-4) and len(one["eval/accuracy"]) == 3
     assert one["loss/train"][-1] < one["loss/train"][0]  # it moved: the trajectories are not trivially flat
+
+
+def test_batches_keep_every_pair_and_give_every_rank_a_share():
+    from rm_bt import length_grouped_batches, split_batches
+
+    assert [len(b) for b in split_batches(list(range(33)), 16, world=2)] == [17, 16]  # a 1-pair batch would leave rank 1 idle
+    assert [len(b) for b in split_batches(list(range(33)), 16, world=1)] == [16, 16, 1]
+    lengths = [random.Random(i).randint(5, 60) for i in range(1000)]
+    batches = length_grouped_batches(lengths, 16, random.Random(0), world=2)
+    assert sorted(i for b in batches for i in b) == list(range(1000)) and min(map(len, batches)) >= 2
+    # grouped: within a batch the lengths are close (far closer than in a random batch)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 10, spread

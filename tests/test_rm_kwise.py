@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
 from common import data, models, task
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, scalars
 from rm_kwise import (LOSSES, agreement, best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_metrics,
                       score_rankings)
 
@@ -198,3 +198,24 @@ def test_shuffled_pairs_on_a_user_file_and_normalization_on_given_references(tmp
 def test_shuffled_pairs_needs_the_pairwise_loss(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "rm_kwise.py"), "--shuffle-pairs"], capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode != 0 and "--loss pairwise" in p.stderr
+
+
+@pytest.mark.parametrize("layout", [[], ["--loss", "pairwise", "--shuffle-pairs"]], ids=["per-prompt", "shuffled-pairs"])
+def test_two_processes_follow_the_one_process_trajectory(tmp_path, layout):
+    """torchrun with 2 processes, each taking half of every global batch of 16 prompts (or of the pairs), logs the
+    same train loss and accuracy at every step as 1 process, within 1e-4; rank 0 alone prints and saves. 50 prompts:
+    the last batch of 2 prompts is split 1 + 1."""
+    flags = ["--num-train-prompts", "50", "--num-epochs", "1", "--eval-every", "1000", "--reference-size", "64", *layout]
+    runs = {}
+    for nproc in (1, 2):
+        cwd = tmp_path / f"nproc{nproc}"
+        cwd.mkdir()
+        out = run_script("rm_kwise.py", *flags, "--output-dir", str(cwd / "rm"), cwd=cwd, nproc=nproc)
+        assert out.count("rm_kwise (") == 1 and f"on {nproc} process(es)" in out
+        runs[nproc] = scalars(cwd / "runs")
+    one, two = runs[1], runs[2]
+    assert len(one["loss/train"]) == len(two["loss/train"]) >= 3
+    assert two["loss/train"] == pytest.approx(one["loss/train"], abs=1e-4)
+    assert two["rewards/accuracies"] == pytest.approx(one["rewards/accuracies"], abs=1e-4)
+    assert two["eval/accuracy"] == pytest.approx(one["eval/accuracy"], abs=1e-4)
+    assert one["loss/train"][-1] != one["loss/train"][0]
