@@ -332,8 +332,10 @@ if __name__ == "__main__":
     # Reference log-probs: computed once, then the reference leaves the accelerator (a CPU copy stays for the KL of samples)
     train_ref = eval_ref = None
     if not args.reference_on_the_fly:
+        t0 = time.time()
         train_ref = precompute_reference(ref_model, train_c, train_r, args.per_device_batch_size, pad_id, device, autocast, rank, world)
         eval_ref = precompute_reference(ref_model, eval_c, eval_r, args.per_device_batch_size, pad_id, device, autocast, rank, world)
+        print(f"reference log-probs of {len(train_c) + len(eval_c)} pairs precomputed in {time.time() - t0:.1f}s") if rank == 0 else None
         ref_model = ref_model.to("cpu") if args.eval_kl and eval_prompts else None
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -408,5 +410,6 @@ if __name__ == "__main__":
         elapsed = time.time() - start
         print(summary + f", {elapsed:.0f}s training ({pairs_seen * world / elapsed:.0f} pairs/s) on {world} process(es), saved to {out_dir}")
     writer.close()
-    if world > 1:
+    if world > 1:  # wait for rank 0's save, then all processes leave the group together
+        dist.barrier()
         dist.destroy_process_group()

@@ -6,6 +6,7 @@ details of RLHF with PPO" (Huang et al.): each detail is a commented line below.
     python ppo_rlhf.py                                   # bundled base policy, the embedded task's gold reward
     python ppo_rlhf.py --reward-model runs/rm_bt__1__.../model   # a reward model from rm_bt.py or rm_kwise.py
     python ppo_rlhf.py --model gpt2 --reward-model <hub RM> --dataset prompts.jsonl
+    torchrun --nproc_per_node 4 ppo_rlhf.py --model gpt2 ...       # data parallel: each process rolls out 1/4 of the prompts
 """
 
 import copy
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
@@ -55,7 +57,7 @@ class Args:
     total_episodes: int = 6400
     """prompts (and responses) to train on in all; updates = total_episodes // rollout_batch_size"""
     rollout_batch_size: int = 64
-    """prompts sampled per rollout (one PPO update)"""
+    """prompts sampled per rollout (one PPO update), all processes together (under torchrun each samples its share)"""
     num_mini_batches: int = 2
     """minibatches each rollout is split into, per PPO epoch"""
     num_ppo_epochs: int = 4
@@ -279,9 +281,10 @@ def gold_of(prompts, texts):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    device, dtype = models.device_and_dtype(args.cuda)
-    run_name, writer = models.make_run(args.exp_name, args.seed, args)
+    rank, world, device, dtype = models.setup_distributed(args.cuda)
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)
+    say = print if rank == 0 else lambda *a, **k: None
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
     # Models: policy, frozen reference, reward (or gold), value; dropout off in all of them (N details)
@@ -295,7 +298,7 @@ if __name__ == "__main__":
         rm_tokenizer = models.load_tokenizer(args.reward_model, args.trust_remote_code)
         same_vocab = rm_tokenizer.get_vocab() == tokenizer.get_vocab()
         cfg = reward_model.config
-        print(f"reward model {args.reward_model}: reward_mean {getattr(cfg, 'reward_mean', 0.0)}, reward_std {getattr(cfg, 'reward_std', 1.0)}, "
+        say(f"reward model {args.reward_model}: reward_mean {getattr(cfg, 'reward_mean', 0.0)}, reward_std {getattr(cfg, 'reward_std', 1.0)}, "
               + ("the policy's tokenizer" if same_vocab else "another tokenizer: responses are decoded and re-encoded"))
     if args.value_head_on_policy:  # lm-human-preferences: a scalar head on the policy's trunk, zero-initialized
         value_model, value_head = None, torch.nn.Linear(policy.config.get_text_config().hidden_size, 1).to(device)
@@ -303,9 +306,10 @@ if __name__ == "__main__":
     else:  # a separate network (Stiennon): from the reward model when it reads the policy's tokens, else from the policy
         value_init = args.reward_model if reward_model is not None and same_vocab else args.model
         value_model, value_head = load(models.load_reward_model, value_init), None
-        print(f"value network initialized from {value_init}" + (" (fresh scalar head)" if value_init == args.model else ""))
+        say(f"value network initialized from {value_init}" + (" (fresh scalar head)" if value_init == args.model else ""))
     params = list(policy.parameters()) + list((value_head if value_model is None else value_model).parameters())
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5)
+    torch.manual_seed(args.seed + rank)  # every process samples different responses
 
     def values_of(seq, mask, L, hidden=None):
         """(B, T) V(s_t): the separate value network, or the head on the policy's last hidden states."""
@@ -322,51 +326,54 @@ if __name__ == "__main__":
     if reward_model is None and not all(isinstance(p, str) and task.correct_answer(p) is not None for p in train_prompts + eval_prompts):
         raise SystemExit("--reward-model gold scores the embedded task's prompts only: pass a reward model for other prompts")
     if not eval_prompts:
-        print("no held-out prompts in the dataset's split: evaluating on the first 64 train prompts")
+        say("no held-out prompts in the dataset's split: evaluating on the first 64 train prompts")
     eval_prompts = (eval_prompts or train_prompts[:64])[: args.num_eval_prompts]
-    counts = Counter()
-    train_queries = [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in train_prompts]
-    data.report(counts, "train prompts")
-    counts = Counter()
-    eval_queries = [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in eval_prompts]
-    data.report(counts, "eval prompts")
+    train_queries, eval_queries = [], []
+    for split, prompts, queries in (("train", train_prompts, train_queries), ("eval", eval_prompts, eval_queries)):
+        counts = Counter()
+        queries += [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in prompts]
+        data.report(counts, f"{split} prompts") if rank == 0 else None
     if args.ptx_coef > 0:  # PPO-ptx: demonstrations whose log-likelihood is added to the objective
         ptx_rows = task.make_sft(train_prompts, 1, args.seed) if args.ptx_dataset == "embedded" else data.load_rows(args.ptx_dataset, "sft")[0]
         counts = Counter()
         ptx_data = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_prompt_length + args.response_length,
                                 args.max_prompt_length, counts) for r in ptx_rows]
-        data.report(counts, "ptx demonstrations")
+        data.report(counts, "ptx demonstrations") if rank == 0 else None
 
     stop_ids = [tokenizer.eos_token_id] + ([tokenizer.convert_tokens_to_ids(args.stop_token)] if args.stop_token else [])
     assert tokenizer.unk_token_id not in stop_ids, f"--stop-token {args.stop_token!r} is not one token of the tokenizer"
     gen_config = generation_config(tokenizer, stop_ids, args.response_length, args.temperature)
     num_updates = args.total_episodes // args.rollout_batch_size
-    minibatch_size = args.rollout_batch_size // args.num_mini_batches
-    assert num_updates >= 1 and minibatch_size >= 1, "need total_episodes >= rollout_batch_size >= num_mini_batches"
+    local_batch = args.rollout_batch_size // world  # this process's share of each rollout
+    minibatch_size = local_batch // args.num_mini_batches
+    assert num_updates >= 1 and minibatch_size >= 1 and args.rollout_batch_size % world == 0, "need total_episodes >= rollout_batch_size >= num_mini_batches x processes"
 
     def evaluate():
-        """Responses sampled for the held-out prompts: mean gold, mean score, sequence KL to the reference (k1, nats)."""
+        """Responses sampled for the held-out prompts (each process its share): mean gold, mean score, sequence KL to
+        the reference (k1, nats), averaged over all of them."""
+        prompts, queries = eval_prompts[rank::world], eval_queries[rank::world]
         scores, kls, texts, B = [], [], [], args.rollout_batch_size
-        for i in range(0, len(eval_queries), B):
+        for i in range(0, len(queries), B):
             with autocast:
-                r = rollout(policy, ref_policy, tokenizer, eval_queries[i : i + B], gen_config, stop_ids, args.temperature)
-                scores += score_responses(eval_prompts[i : i + B], r["texts"], r["seq"], r["mask"], reward_model, rm_tokenizer, same_vocab).tolist()
+                r = rollout(policy, ref_policy, tokenizer, queries[i : i + B], gen_config, stop_ids, args.temperature)
+                scores += score_responses(prompts[i : i + B], r["texts"], r["seq"], r["mask"], reward_model, rm_tokenizer, same_vocab).tolist()
             kls += ((r["logprobs"] - r["ref_logprobs"]) * r["resp_mask"]).sum(1).tolist()
             texts += r["texts"]
-        return {"score": sum(scores) / len(scores), "kl": sum(kls) / len(kls), "gold": gold_of(eval_prompts, texts),
-                "samples": list(zip(eval_prompts[:8], texts[:8], scores[:8]))}
+        gold = gold_of(prompts, texts)
+        out = models.reduce_mean({"score": sum(scores) / len(scores), "kl": sum(kls) / len(kls), "gold": gold or 0.0}, weight=len(prompts))
+        return out | {"gold": out["gold"] if gold is not None else None, "samples": list(zip(prompts[:8], texts[:8], scores[:8]))}
 
     before = evaluate()
-    print(f"before training: eval score {before['score']:.3f}" + (f", gold {before['gold']:.3f}" if before["gold"] is not None else ""))
+    say(f"before training: eval score {before['score']:.3f}" + (f", gold {before['gold']:.3f}" if before["gold"] is not None else ""))
     rng = random.Random(args.seed)
     order, beta, episodes, start = [], args.kl_coef, 0, time.time()
-    for update in tqdm(range(1, num_updates + 1), desc="ppo"):
+    for update in tqdm(range(1, num_updates + 1), desc="ppo", disable=rank != 0):
         lr = args.learning_rate * (1.0 - (update - 1) / num_updates)  # linear LR decay
         for group in optimizer.param_groups:
             group["lr"] = lr
         if len(order) < args.rollout_batch_size:  # a new pass over the train prompts, reshuffled
             order += rng.sample(range(len(train_prompts)), len(train_prompts))
-        idx, order = order[: args.rollout_batch_size], order[args.rollout_batch_size :]
+        idx, order = order[: args.rollout_batch_size][rank::world], order[args.rollout_batch_size :]  # this process's share
         prompts = [train_prompts[i] for i in idx]
 
         # 1. Rollout: sample, then log-probs of policy and reference, values, scores
@@ -389,7 +396,7 @@ if __name__ == "__main__":
         # 3. PPO epochs over the rollout in minibatches
         stats = defaultdict(list)
         for epoch in range(args.num_ppo_epochs):
-            for mb in torch.randperm(args.rollout_batch_size)[: minibatch_size * args.num_mini_batches].split(minibatch_size):
+            for mb in torch.randperm(local_batch)[: minibatch_size * args.num_mini_batches].split(minibatch_size):
                 with autocast:
                     logprobs, entropy, hidden = forward_logprobs(policy, seq[mb], mask[mb], L, args.temperature, hidden=value_model is None)
                     vpred = values_of(seq[mb], mask[mb], L, hidden)
@@ -402,6 +409,10 @@ if __name__ == "__main__":
                         s["ptx"] = ptx_nll.item()
                 optimizer.zero_grad()
                 loss.backward()
+                for p in params if world > 1 else []:  # data parallel by hand: generate() and the value head run outside
+                    p.grad = torch.zeros_like(p) if p.grad is None else p.grad  # one module's forward, so no DDP wrapper:
+                    dist.all_reduce(p.grad)  # the gradients are averaged over processes here, before clipping
+                    p.grad /= world
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
                 s |= {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "entropy": masked_mean(entropy, resp_mask[mb]).item()}
@@ -410,18 +421,20 @@ if __name__ == "__main__":
 
         # 4. Logging (names as in TRL / lm-human-preference-details), then the adaptive KL coefficient
         episodes += args.rollout_batch_size
-        seq_kl = kl.sum(1).mean().item()
         avg = {k: sum(v) / len(v) for k, v in stats.items()}
         scalars = {
-            "objective/scores": scores.mean().item(), "objective/kl": seq_kl, "objective/kl_coef": beta,
+            "objective/scores": scores.mean().item(), "objective/kl": kl.sum(1).mean().item(), "objective/kl_coef": beta,
             "objective/entropy": (-r["logprobs"] * resp_mask).sum(1).mean().item(),  # sampled sequence entropy
             "objective/non_score_reward": non_score.sum(1).mean().item(), "objective/rlhf_reward": (scores + non_score.sum(1)).mean().item(),
             "policy/approxkl_avg": avg["approxkl"], "policy/clipfrac_avg": avg["clipfrac"], "policy/entropy_avg": avg["entropy"],
             "loss/policy_avg": avg["pg_loss"], "loss/value_avg": avg["vf_loss"], "val/clipfrac_avg": avg["vf_clipfrac"],
             "val/ratio": avg["ratio"], "val/explained_variance": explained_variance(values, returns, resp_mask),
-            "val/num_eos_tokens": r["stopped"].sum().item(), "val/response_length": resp_mask.sum(1).mean().item(),
+            "val/num_eos_tokens": r["stopped"].sum().item() * world,  # a count: x world, since averaged below
+            "val/response_length": resp_mask.sum(1).mean().item(),
             "charts/learning_rate": lr, "charts/SPS": episodes / (time.time() - start),
         } | ({"objective/gold": gold} if gold is not None else {}) | ({"loss/ptx_avg": avg["ptx"]} if "ptx" in avg else {})
+        scalars = models.reduce_mean(scalars)  # averaged over processes (equal shares), so beta below moves the same everywhere
+        seq_kl = scalars["objective/kl"]
         for k, v in scalars.items():
             writer.add_scalar(k, v, episodes)
         if args.target_kl is not None:
@@ -434,6 +447,14 @@ if __name__ == "__main__":
             rows = "\n".join(f"|{p}|{t}|{s:.2f}|" for p, t, s in after["samples"])
             writer.add_text("samples", f"|prompt|response|score|\n|-|-|-|\n{rows}", episodes)
 
+    if world > 1:  # the processes' copies must have stayed identical (same averaged gradients, same steps)
+        checksums = [None] * world
+        dist.all_gather_object(checksums, sum(p.double().sum().item() for p in params))
+        say(f"weights identical on the {world} processes: {len(set(checksums)) == 1}")
+    if rank != 0:  # rank 0 alone saves and reports
+        dist.barrier()  # wait for rank 0, then all processes leave the group together
+        dist.destroy_process_group()
+        raise SystemExit(0)
     for p, t, s in after["samples"][:4]:
         print(f"  {p} -> {t}  (score {s:.2f})")
     out_dir = args.output_dir or os.path.join("runs", run_name, "model")
@@ -441,5 +462,8 @@ if __name__ == "__main__":
     tokenizer.save_pretrained(out_dir)
     summary = "ppo_rlhf:" + (f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD})," if after["gold"] is not None else "")
     summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f}," if reward_model is not None else ""
-    print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in {time.time() - start:.0f}s, saved to {out_dir}")
+    print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
     writer.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()

@@ -348,6 +348,7 @@ if __name__ == "__main__":
     train_time = time.time() - start
 
     if rank != 0:  # rank 0 alone normalizes, saves and reports
+        dist.barrier()  # wait for rank 0, then all processes leave the group together
         dist.destroy_process_group()
         raise SystemExit(0)
     # Normalization: a bias so that reference responses score mean 0 (Stiennon et al.; InstructGPT uses the
@@ -383,4 +384,5 @@ if __name__ == "__main__":
     print(summary)
     writer.close()
     if world > 1:
+        dist.barrier()
         dist.destroy_process_group()

@@ -350,6 +350,7 @@ if __name__ == "__main__":
     train_time = time.time() - start
 
     if rank != 0:  # rank 0 alone normalizes, saves and reports
+        dist.barrier()  # wait for rank 0, then all processes leave the group together
         dist.destroy_process_group()
         raise SystemExit(0)
     # Normalization: the loss is shift-invariant, so set a bias for mean 0 on reference responses (Stiennon et
@@ -386,4 +387,5 @@ if __name__ == "__main__":
     print(summary)
     writer.close()
     if world > 1:
+        dist.barrier()
         dist.destroy_process_group()

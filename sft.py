@@ -223,5 +223,6 @@ if __name__ == "__main__":
                         f"states an answer {after['eval/states_answer']:.0%}, correct {after['eval/correct']:.0%}")
         print(summary + f", {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
     writer.close()
-    if world > 1:
+    if world > 1:  # wait for rank 0's save, then all processes leave the group together
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()

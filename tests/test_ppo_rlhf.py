@@ -255,3 +255,18 @@ def test_end_to_end_reward_model_directory_and_other_architectures(tmp_path, req
     if "--ptx-coef" in flags:
         assert math.isfinite(logged["loss/ptx_avg"][0])
     assert models.load_causal_lm(str(tmp_path / "model")).config.model_type == fixture.split("_")[0]
+
+
+def test_two_processes_share_the_rollouts_and_only_rank_0_reports(tmp_path):
+    """torchrun with 2 processes: each samples half of every rollout of 16 prompts with its own seed, gradients are
+    averaged by hand, metrics over both; the adaptive beta stays the same on both ranks (else they would diverge)."""
+    out = run_script("ppo_rlhf.py", "--total-episodes", "64", "--rollout-batch-size", "16", "--response-length", "16",
+                     "--num-eval-prompts", "16", "--log-samples-every", "2", "--target-kl", "1.0",
+                     "--output-dir", str(tmp_path / "model"), cwd=tmp_path, nproc=2)
+    assert out.count("ppo_rlhf: eval gold") == 1 and "64 episodes" in out and "on 2 process(es)" in out
+    assert "weights identical on the 2 processes: True" in out
+    logged = scalars(tmp_path / "runs")
+    assert len(logged["objective/scores"]) == 4 and len(logged["eval/gold"]) == 2
+    assert len(set(logged["objective/kl_coef"])) == 4  # the controller moved beta at every update
+    assert all(0 <= n <= 16 for n in logged["val/num_eos_tokens"])  # a count over both processes' 8 responses each
+    assert models.load_causal_lm(str(tmp_path / "model")).config.vocab_size == 189
