@@ -434,11 +434,10 @@ if __name__ == "__main__":
             "charts/learning_rate": lr, "charts/SPS": episodes / (time.time() - start),
         } | ({"objective/gold": gold} if gold is not None else {}) | ({"loss/ptx_avg": avg["ptx"]} if "ptx" in avg else {})
         scalars = models.reduce_mean(scalars)  # averaged over processes (equal shares), so beta below moves the same everywhere
-        seq_kl = scalars["objective/kl"]
         for k, v in scalars.items():
             writer.add_scalar(k, v, episodes)
         if args.target_kl is not None:
-            beta = adaptive_kl_update(beta, seq_kl, args.target_kl, args.rollout_batch_size, args.kl_horizon)
+            beta = adaptive_kl_update(beta, scalars["objective/kl"], args.target_kl, args.rollout_batch_size, args.kl_horizon)
         if update % args.log_samples_every == 0 or update == num_updates:
             after = evaluate()
             for k in ("score", "kl", "gold"):
@@ -451,19 +450,16 @@ if __name__ == "__main__":
         checksums = [None] * world
         dist.all_gather_object(checksums, sum(p.double().sum().item() for p in params))
         say(f"weights identical on the {world} processes: {len(set(checksums)) == 1}")
-    if rank != 0:  # rank 0 alone saves and reports
-        dist.barrier()  # wait for rank 0, then all processes leave the group together
-        dist.destroy_process_group()
-        raise SystemExit(0)
-    for p, t, s in after["samples"][:4]:
-        print(f"  {p} -> {t}  (score {s:.2f})")
     out_dir = args.output_dir or os.path.join("runs", run_name, "model")
-    policy.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    summary = "ppo_rlhf:" + (f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD})," if after["gold"] is not None else "")
-    summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f}," if reward_model is not None else ""
-    print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
+    if rank == 0:  # rank 0 alone saves and reports
+        for p, t, s in after["samples"][:4]:
+            print(f"  {p} -> {t}  (score {s:.2f})")
+        policy.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        summary = "ppo_rlhf:" + (f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD})," if after["gold"] is not None else "")
+        summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f}," if reward_model is not None else ""
+        print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
     writer.close()
-    if world > 1:
+    if world > 1:  # wait for rank 0's save, then all processes leave the group together
         dist.barrier()
         dist.destroy_process_group()
