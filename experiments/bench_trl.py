@@ -1,15 +1,17 @@
-"""Our training steps against TRL's on the same workload: reward model (rm_bt.py vs RewardTrainer) and DPO (dpo.py
-vs DPOTrainer, reference log-probs precomputed and on the fly). Same model, same pairs, same batch size, one epoch,
-fp32 on this machine's CPU. Prints samples per second, peak memory and ours / TRL, the median of alternating runs.
+"""Our training steps against TRL's on the same workload: reward model (rm_bt.py vs RewardTrainer), DPO (dpo.py
+vs DPOTrainer, reference log-probs precomputed and on the fly) and PPO (ppo_rlhf.py vs TRL 1.12's PPOTrainer, the
+last release that has one, in its own environment). Same model, same data, same batch sizes, fp32 on this machine's
+CPU. Prints samples per second, peak memory and ours / TRL, the median of alternating runs.
 
     pip install -r requirements.txt -r experiments/requirements.txt
     python experiments/bench_trl.py                  # the bundled model, 1024 embedded pairs, 3 runs each
-    python experiments/bench_trl.py --model gpt2 --repeats 5
+    python experiments/bench_trl.py --trl-ppo-python <venv with trl==1.12.0>/bin/python     # adds the PPO row
 
 Samples per second count training time only: ours from the script's own summary (its training loop, plus for DPO
 the reference pass it prints), TRL's from trainer.train() (which runs its reference pass inside). Peak memory is
 the maximum resident set of the whole process (/usr/bin/time), imports and data included.
-The PPO comparison needs TRL 1.12 (the last release with PPOTrainer) in an environment of its own: not here yet.
+PPO: rollouts of 64 prompts, 2 minibatches, 4 PPO epochs, responses up to 64 tokens, kl_coef 0.05, a reward model
+trained first by rm_bt.py (small settings) that also starts the value model, on both sides; episodes per second.
 """
 
 import json
@@ -40,6 +42,12 @@ class Args:
     """runs of each configuration, alternating ours and TRL's; the median is reported"""
     trl_python: str = sys.executable
     """the Python of an environment with experiments/requirements.txt installed"""
+    trl_ppo_python: str = ""
+    """the Python of an environment with trl==1.12.0 (for the PPO row; skipped when empty)"""
+    ppo_episodes: int = 1024
+    """PPO episodes per run (16 rollouts of 64)"""
+    only: str = ""
+    """run only the workloads whose name contains this (e.g. 'PPO', 'DPO')"""
 
 
 def timed(cmd, cwd):
@@ -67,8 +75,16 @@ def ours(script, flags, data, a, cwd):
     return rate, peak
 
 
-def trl(algo, flags, data, a, cwd):
-    out, peak = timed([a.trl_python, str(ROOT / "experiments" / "trl_runner.py"), algo, "--model", a.model,
+def ours_ppo(rm, a, cwd):
+    """Episodes per second of ppo_rlhf.py against the reward model (its summary's episodes and seconds) and peak memory."""
+    out, peak = timed([sys.executable, str(ROOT / "ppo_rlhf.py"), "--model", a.model, "--reward-model", rm, "--num-eval-prompts", "8",
+                       "--total-episodes", str(a.ppo_episodes), "--log-samples-every", "1000000", "--output-dir", str(cwd / "out")], cwd)
+    episodes, seconds = map(float, re.search(r"(\d+) episodes in (\d+)s", out).groups())
+    return episodes / seconds, peak
+
+
+def trl(algo, flags, data, a, cwd, python=None):
+    out, peak = timed([python or a.trl_python, str(ROOT / "experiments" / "trl_runner.py"), algo, "--model", a.model,
                        "--data", data, "--batch-size", str(a.batch_size), *flags], cwd)
     return json.loads(out.strip().splitlines()[-1])["samples_per_second"], peak
 
@@ -89,9 +105,15 @@ if __name__ == "__main__":
         ("DPO, reference precomputed", lambda: ours("dpo.py", dpo_flags, data, a, cwd), lambda: trl("dpo", ["--precompute-ref"], data, a, cwd)),
         ("DPO, reference on the fly", lambda: ours("dpo.py", [*dpo_flags, "--reference-on-the-fly"], data, a, cwd), lambda: trl("dpo", [], data, a, cwd)),
     ]
+    if a.trl_ppo_python:  # a reward model for both sides, and the train prompts as a file for TRL
+        timed([sys.executable, str(ROOT / "rm_bt.py"), "--model", a.model, "--pairs-per-prompt", "1", "--output-dir", str(cwd / "rm")], cwd)
+        task.export_jsonl([{"prompt": p} for p in task.split_prompts()[0]], cwd / "prompts.jsonl")
+        configs.append(("PPO (reward model, 64-prompt rollouts)", lambda: ours_ppo(str(cwd / "rm"), a, cwd),
+                        lambda: trl("ppo", ["--reward-model", str(cwd / "rm"), "--total-episodes", str(a.ppo_episodes), "--batch-size", "64"],
+                                    str(cwd / "prompts.jsonl"), a, cwd, a.trl_ppo_python)))
     header = "| workload | ours samples/s | TRL samples/s | ours / TRL | ours peak MB | TRL peak MB | ours / TRL |"
     lines = [header, "|---|---|---|---|---|---|---|"]
-    for name, run_ours, run_trl in configs:
+    for name, run_ours, run_trl in [c for c in configs if a.only in c[0]]:
         results = {"ours": [], "trl": []}
         for _ in range(a.repeats):  # alternating, so drift in the machine's speed hits both sides alike
             results["ours"].append(run_ours())
