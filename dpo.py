@@ -348,6 +348,9 @@ if __name__ == "__main__":
     eval_args = (eval_ref, eval_c, eval_r, eval_prompts, args, pad_id, tokenizer, device, autocast, rank, world)
 
     before = ev = evaluate(model, ref_model, *eval_args)
+    for key, v in before.items():  # step 0: the curves start at the reference policy
+        if key != "samples":
+            writer.add_scalar(key, v, 0)
     if rank == 0:
         print(f"before training: eval loss {before['eval/loss']:.3f}" + (f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""))
     rng = random.Random(args.seed)

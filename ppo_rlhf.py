@@ -363,7 +363,13 @@ if __name__ == "__main__":
         out = models.reduce_mean({"score": sum(scores) / len(scores), "kl": sum(kls) / len(kls), "gold": gold or 0.0}, weight=len(prompts))
         return out | {"gold": out["gold"] if gold is not None else None, "samples": list(zip(prompts[:8], texts[:8], scores[:8]))}
 
+    def log_eval(ev, episodes):
+        for k in ("score", "kl", "gold"):
+            if ev[k] is not None:
+                writer.add_scalar(f"eval/{k}", ev[k], episodes)
+
     before = evaluate()
+    log_eval(before, 0)  # step 0: the curves start at the base policy
     say(f"before training: eval score {before['score']:.3f}" + (f", gold {before['gold']:.3f}" if before["gold"] is not None else ""))
     rng = random.Random(args.seed)
     order, beta, episodes, start = [], args.kl_coef, 0, time.time()
@@ -440,9 +446,7 @@ if __name__ == "__main__":
             beta = adaptive_kl_update(beta, scalars["objective/kl"], args.target_kl, args.rollout_batch_size, args.kl_horizon)
         if update % args.log_samples_every == 0 or update == num_updates:
             after = evaluate()
-            for k in ("score", "kl", "gold"):
-                if after[k] is not None:
-                    writer.add_scalar(f"eval/{k}", after[k], episodes)
+            log_eval(after, episodes)
             rows = "\n".join(f"|{p}|{t}|{s:.2f}|" for p, t, s in after["samples"])
             writer.add_text("samples", f"|prompt|response|score|\n|-|-|-|\n{rows}", episodes)
 

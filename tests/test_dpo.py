@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 import dpo
 from common import data, models, task
-from conftest import one_and_two_processes, run_script
+from conftest import one_and_two_processes, run_script, scalars
 
 LN2 = math.log(2)
 
@@ -182,7 +182,10 @@ def test_end_to_end_embedded_pairs(tmp_path):
                      "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
     summary = out.strip().splitlines()[-1]
     assert re.search(r"eval accuracy 0\.50 -> \d\.\d\d \(labeler ceiling 0\.\d\d\).*eval gold -?\d\.\d+ -> -?\d\.\d+ .*at KL -?\d", summary), summary
-    assert list((tmp_path / "runs").glob("dpo__1__*/events.out.tfevents.*"))
+    gold0, gold1 = map(float, re.search(r"eval gold (-?[\d.]+) -> (-?[\d.]+)", summary).groups())
+    logged = scalars(tmp_path / "runs")  # step 0 (before training: the policy is its reference) and every 6 steps
+    assert logged["eval/gold"][0] == pytest.approx(gold0, abs=1e-3) and logged["eval/gold"][-1] == pytest.approx(gold1, abs=1e-3)
+    assert logged["eval/kl"][0] == 0.0 and len(logged["eval/kl"]) == 1 + math.ceil(3 * 80 / 16 / 6)
     # the saved model loads as a causal LM and has learned its training pairs (about 0.5 before training)
     rows = task.make_pairs(task.split_prompts()[0][:40], task.Labeler(), 2, seed=1)
     assert implicit_accuracy(str(tmp_path / "model"), rows, models.load_tokenizer(models.BUNDLED_MODEL)) > 0.75

@@ -229,6 +229,9 @@ def test_end_to_end_gold_learns_and_logs_the_field_names(tmp_path):
     assert len(logged["objective/scores"]) == 4 and logged["objective/kl_coef"] == pytest.approx([0.05] * 4)  # fixed beta
     assert all(0 <= v for v in logged["policy/entropy_avg"])  # padding never counted
     assert logged["objective/scores"][-1] > logged["objective/scores"][0]
+    # the evaluation before training is logged at step 0 (the policy is its reference: KL exactly 0), then every 4 updates
+    assert len(logged["eval/gold"]) == 2 and logged["eval/gold"][0] == pytest.approx(before, abs=1e-3)
+    assert logged["eval/kl"][0] == 0.0 and logged["eval/kl"][1] == pytest.approx(kl, abs=0.01)
     assert models.load_causal_lm(str(tmp_path / "model")).config.vocab_size == 189
 
 
@@ -266,7 +269,7 @@ def test_two_processes_share_the_rollouts_and_only_rank_0_reports(tmp_path):
     assert out.count("ppo_rlhf: eval gold") == 1 and "64 episodes" in out and "on 2 process(es)" in out
     assert "weights identical on the 2 processes: True" in out
     logged = scalars(tmp_path / "runs")
-    assert len(logged["objective/scores"]) == 4 and len(logged["eval/gold"]) == 2
+    assert len(logged["objective/scores"]) == 4 and len(logged["eval/gold"]) == 3  # step 0, updates 2 and 4
     assert len(set(logged["objective/kl_coef"])) == 4  # the controller moved beta at every update
     assert all(0 <= n <= 16 for n in logged["val/num_eos_tokens"])  # a count over both processes' 8 responses each
     assert models.load_causal_lm(str(tmp_path / "model")).config.vocab_size == 189
