@@ -1,0 +1,79 @@
+"""The study's math against independent formulations, and its CSV and plots on synthetic points (the runs
+themselves are the scripts, tested in their own files)."""
+
+import itertools
+import math
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+import study  # noqa: E402
+
+
+def test_best_of_n_kl_matches_the_exact_kl_of_a_fine_discrete_distribution():
+    """Base policy uniform over M responses with distinct scores: best-of-n picks the i-th lowest with probability
+    (i/M)^n - ((i-1)/M)^n, and its KL to uniform tends to log n - (n-1)/n as M grows."""
+    M = 200_000
+    i = np.arange(1, M + 1)
+    for n in (1, 2, 4, 16, 64):
+        p = (i / M) ** n - ((i - 1) / M) ** n
+        kl = float(np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-300) * M), 0.0)))
+        assert study.bon_kl(n) == pytest.approx(kl, abs=1e-3), n
+    assert study.bon_kl(1) == 0.0 and study.bon_kl(2) == pytest.approx(math.log(2) - 0.5)
+
+
+def test_expected_best_of_n_equals_brute_force_over_all_subsets():
+    rng = random.Random(0)
+    N = 7
+    judge = [rng.gauss(0, 1) for _ in range(N)]
+    value = [rng.gauss(0, 1) for _ in range(N)]
+    for n in range(1, N + 1):
+        subsets = list(itertools.combinations(range(N), n))
+        brute = sum(value[max(s, key=lambda k: judge[k])] for s in subsets) / len(subsets)
+        assert study.expected_best_of_n(judge, value, n) == pytest.approx(brute, abs=1e-12), n
+    assert study.expected_best_of_n(judge, value, 1) == pytest.approx(sum(value) / N)  # n = 1: the mean
+    assert study.expected_best_of_n(value, value, N) == max(value)  # n = N: the best there is
+    with pytest.raises(ValueError, match="best-of-8 needs 1 <= n <= 7"):
+        study.expected_best_of_n(judge, value, 8)
+
+
+@pytest.mark.parametrize("form", ["rl", "bon"])
+def test_gao_fit_recovers_known_coefficients(form):
+    d = np.linspace(0.1, 4.0, 30)
+    r = study.gao_curve(d, 1.3, 0.45, form)
+    alpha, beta = study.fit_gao(d, r, form)
+    assert (alpha, beta) == pytest.approx((1.3, 0.45), abs=1e-9)
+    noisy = r + np.random.default_rng(0).normal(0, 0.02, len(d))  # noise moves the fit a little, not a lot
+    assert study.fit_gao(d, noisy, form) == pytest.approx((1.3, 0.45), abs=0.05)
+    # the forms against their definitions at one point: rl d (alpha - beta log d), bon d (alpha - beta d)
+    expected = 2.0 * (1.3 - 0.45 * (math.log(2.0) if form == "rl" else 2.0))
+    assert study.gao_curve([2.0], 1.3, 0.45, form)[0] == pytest.approx(expected)
+
+
+def test_csv_round_trip_and_plots_from_synthetic_points(tmp_path):
+    rows = [dict(part="frontier", method="best-of-n (gold judge)", setting=f"n={n}", step=0, kl=study.bon_kl(n), gold=0.1 * n)
+            for n in (1, 2, 4)]
+    rows += [dict(part="frontier", method=m, setting=s, step=k, kl=0.5 * k, gold=0.3 * k)
+             for m, s in (("PPO (gold reward)", "kl_coef=0.1"), ("DPO", "beta=0.5")) for k in range(4)]
+    fits = []
+    for method, form in (("PPO", "rl"), ("best-of-n", "bon")):
+        d = np.linspace(0.0, 3.0, 6)
+        for k, dk in enumerate(d):
+            rows.append(dict(part="overoptimization", method=method, setting="RM from 4 pairs/prompt", step=k, kl=dk**2,
+                             gold=float(study.gao_curve([dk], 1.0, 0.5, form)[0]), proxy=dk))
+        fits += [dict(method=method, setting="RM from 4 pairs/prompt", reward="gold", form=form, alpha=1.0, beta=0.5)]
+    rows += [dict(part="length", method="PPO", setting=s, step=64 * k, kl=0.1 * k, gold=-0.1 * k, response_tokens=20 + k)
+             for s in ("RM: length-biased labels, 0% counterexamples", "RM: length-biased labels, 60% counterexamples") for k in range(5)]
+    study.write_csv(tmp_path / "results.csv", rows)
+    back = study.read_csv(tmp_path / "results.csv")
+    assert len(back) == len(rows) and back[0] == rows[0] | {"step": 0.0}  # numbers come back as floats, text as text
+    assert "proxy" not in back[0] and back[-1]["response_tokens"] == 24.0  # empty cells are dropped, not zeros
+    pytest.importorskip("matplotlib")
+    written = study.plot(back, fits, tmp_path)
+    assert written == ["frontier.png", "overoptimization.png", "length_hacking.png"]
+    for name in written:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
