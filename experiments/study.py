@@ -235,6 +235,12 @@ def plot(rows, fits, out_dir):
     import matplotlib.pyplot as plt
 
     written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(Path(out_dir) / name, dpi=120)
+        written.append(name)
+
     part = [r for r in rows if r["part"] == "frontier"]
     if part:
         fig, ax = plt.subplots(figsize=(7, 5))
@@ -253,9 +259,7 @@ def plot(rows, fits, out_dir):
         ax.set(xlabel="KL to the base policy (nats, sequence level)", ylabel="gold reward (held-out prompts; best 3.5)",
                title="Reward-KL frontier (faint lines: checkpoints during training)")
         ax.legend(loc="lower right")
-        fig.tight_layout()
-        fig.savefig(Path(out_dir) / "frontier.png", dpi=120)
-        written.append("frontier.png")
+        save(fig, "frontier.png")
 
     part = [r for r in rows if r["part"] == "overoptimization"]
     if part:
@@ -275,9 +279,7 @@ def plot(rows, fits, out_dir):
             ax.set(xlabel="d = sqrt(KL to the base policy)", ylabel="reward gain over the base policy",
                    title=f"{method} against learned RMs (lines: Gao et al. fit to gold)")
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(Path(out_dir) / "overoptimization.png", dpi=120)
-        written.append("overoptimization.png")
+        save(fig, "overoptimization.png")
 
     part = [r for r in rows if r["part"] == "length"]
     if part:
@@ -291,9 +293,7 @@ def plot(rows, fits, out_dir):
         axes[1].set(xlabel="episodes", ylabel="gold reward of the rollouts", title="... and the gold reward")
         for ax in axes:
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(Path(out_dir) / "length_hacking.png", dpi=120)
-        written.append("length_hacking.png")
+        save(fig, "length_hacking.png")
     plt.close("all")
     return written
 
