@@ -121,9 +121,11 @@ def sample_response(rng, prompt, mix=DEFAULT_MIX, correct=None, tone=None, n_fil
 
 
 def counterexample_pair(rng, prompt):
-    """A short but excellent response and a long but bad one (the lectures' fix for length bias)."""
+    """A short but excellent response and a long, worse one (the lectures' fix for length bias). The long one's tone
+    and correctness are random, so only length always tells them apart (always rude, it would teach "rude is bad")."""
     short = sample_response(rng, prompt, correct=True, tone=rng.choice(["polite", "neutral"]), n_filler=0, off_topic=False)
-    long = sample_response(rng, prompt, correct=rng.random() < 0.5, tone="rude", n_filler=rng.randint(3, 5), off_topic=False)
+    tone = rng.choice(["polite", "neutral", "rude"])
+    long = sample_response(rng, prompt, correct=rng.random() < 0.5, tone=tone, n_filler=rng.randint(3, 5), off_topic=False)
     return short, long
 
 
@@ -189,10 +191,9 @@ def make_pairs(prompts, labeler, n_per_prompt=2, seed=0, margin=False, counterex
                 gap = gold_reward(p, short) - gold_reward(p, long)
                 rows.append({"prompt": p, "chosen": short, "rejected": long, **({"margin": labeler.margin_level(gap)} if margin else {})})
                 continue
-            else:
-                a, b = sample_response(rng, p, mix), sample_response(rng, p, mix)
-                while b == a:
-                    b = sample_response(rng, p, mix)
+            a, b = sample_response(rng, p, mix), sample_response(rng, p, mix)
+            while b == a:
+                b = sample_response(rng, p, mix)
             chosen, rejected, m = labeler.compare(rng, p, a, b)
             rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, **({"margin": m} if margin else {})})
     return rows
