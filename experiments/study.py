@@ -176,12 +176,21 @@ def rm_scores(rm_dir, samples):
     return out
 
 
+def train_rm(args, name, *flags):
+    """rm_bt.py with these flags, saved to <out-dir>/<name> (--quick: <name>_quick); a saved one is reused."""
+    rm_dir = Path(args.out_dir) / (name + "_quick" * args.quick)
+    if (rm_dir / "config.json").exists():
+        print(f"    reusing the reward model in {rm_dir} (delete it to train it again)")
+    else:
+        launch(args, "rm_bt.py", rm_dir.name, "--output-dir", rm_dir, *flags)
+    return rm_dir
+
+
 def overoptimization(args, cfg, rows, fits):
     """PPO with a small KL penalty against RMs trained on fewer and more pairs; best-of-n with the same RMs."""
     samples = base_samples(cfg["bon_samples"], args.seed)
     for ppp in cfg["rm_pairs_per_prompt"]:
-        rm_dir = Path(args.out_dir) / f"rm_{ppp}pairs"
-        launch(args, "rm_bt.py", f"rm_{ppp}pairs", "--pairs-per-prompt", ppp, "--output-dir", rm_dir, *cfg["rm_flags"])
+        rm_dir = train_rm(args, f"rm_{ppp}pairs", "--pairs-per-prompt", ppp, *cfg["rm_flags"])
         label = f"RM from {ppp} pairs/prompt"
         # best-of-n, judged by the RM: proxy and gold of the chosen sample against sqrt(KL)
         proxy = rm_scores(rm_dir, samples)
@@ -191,7 +200,7 @@ def overoptimization(args, cfg, rows, fits):
             rows.append(dict(part="overoptimization", method="best-of-n", setting=label, step=n, kl=bon_kl(n), gold=g, proxy=p))
         # PPO against the RM
         run, _ = launch(args, "ppo_rlhf.py", f"overopt_ppo_{ppp}pairs", "--reward-model", rm_dir, "--kl-coef", cfg["overopt_kl_coef"],
-                        "--total-episodes", cfg["overopt_episodes"], "--log-samples-every", cfg["eval_every_updates"])
+                        "--learning-rate", cfg["overopt_lr"], "--total-episodes", cfg["overopt_episodes"], "--log-samples-every", 2)
         s = read_scalars(run)
         for (step, kl), (_, gold), (_, proxy_score) in zip(s["eval/kl"], s["eval/gold"], s["eval/score"]):
             rows.append(dict(part="overoptimization", method="PPO", setting=label, step=step, kl=kl, gold=gold, proxy=proxy_score))
@@ -214,8 +223,7 @@ def length_hacking(args, cfg, rows):
     """PPO against the RM of a length-biased labeler (0.3 x words), and against RMs trained with a fraction of the
     pairs replaced by curated counterexamples (short but excellent chosen over long but bad)."""
     for frac in cfg["counterexample_fracs"]:
-        rm_dir = Path(args.out_dir) / f"rm_length_ce{frac}"
-        launch(args, "rm_bt.py", f"rm_length_ce{frac}", "--output-dir", rm_dir, "--length-bias", 0.3, "--counterexample-frac", frac, *cfg["rm_flags"])
+        rm_dir = train_rm(args, f"rm_length_ce{frac}", "--length-bias", 0.3, "--counterexample-frac", frac, *cfg["rm_flags"])
         run, _ = launch(args, "ppo_rlhf.py", f"length_ppo_ce{frac}", "--reward-model", rm_dir, "--total-episodes", cfg["ppo_episodes"],
                         "--log-samples-every", cfg["eval_every_updates"])
         s = read_scalars(run)
@@ -326,11 +334,11 @@ def write_csv(path, rows):
 CONFIGS = {  # the whole study, and --quick
     False: dict(ppo_kl_coefs=[0.01, 0.03, 0.1, 0.3], ppo_episodes=6400, eval_every_updates=10,
                 dpo_betas=[0.05, 0.2, 0.5, 2.0], dpo_flags=[], bon_samples=64, bon_ns=[1, 2, 4, 8, 16, 32, 64],
-                rm_pairs_per_prompt=[4, 16], rm_flags=[], overopt_kl_coef=0.005, overopt_episodes=12800, counterexample_fracs=[0.0, 0.3, 0.6]),
+                rm_pairs_per_prompt=[4, 16, 32], rm_flags=[], overopt_kl_coef=0.005, overopt_lr=1e-4, overopt_episodes=3200, counterexample_fracs=[0.0, 0.3, 0.6]),
     True: dict(ppo_kl_coefs=[0.02, 0.2], ppo_episodes=1920, eval_every_updates=5,
                dpo_betas=[0.1, 1.0], dpo_flags=["--num-train-prompts", 300, "--num-eval-prompts", 64], bon_samples=16,
                bon_ns=[1, 2, 4, 8, 16], rm_pairs_per_prompt=[4, 16], rm_flags=["--num-train-prompts", 300],
-               overopt_kl_coef=0.005, overopt_episodes=1920, counterexample_fracs=[0.0, 0.6]),
+               overopt_kl_coef=0.005, overopt_lr=1e-4, overopt_episodes=1280, counterexample_fracs=[0.0, 0.6]),
 }
 
 if __name__ == "__main__":
@@ -355,6 +363,11 @@ if __name__ == "__main__":
         length_hacking(args, cfg, rows)
     for r in rows:
         r["sqrt_kl"] = math.sqrt(max(r["kl"], 0.0))
+    if args.only:  # keep the other parts' points from an earlier run of the study
+        old = Path(args.out_dir) / "results.csv"
+        rows = [r for r in (read_csv(old) if old.exists() else []) if r["part"].split("_")[0] not in parts] + rows
+        if "overoptimization" not in parts and (Path(args.out_dir) / "fits.csv").exists():
+            fits = read_csv(Path(args.out_dir) / "fits.csv")
     write_csv(Path(args.out_dir) / "results.csv", rows)
     if fits:
         write_csv(Path(args.out_dir) / "fits.csv", fits)
