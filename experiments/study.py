@@ -351,6 +351,8 @@ if __name__ == "__main__":
         raise SystemExit(f"--only: unknown part(s) {sorted(unknown)}; expected frontier, overoptimization, length")
     if args.plot_only:
         fits_path = Path(args.out_dir) / "fits.csv"
+        if not (Path(args.out_dir) / "results.csv").exists():
+            raise SystemExit(f"--plot-only: no {args.out_dir}/results.csv; run the study first (or pass its --out-dir)")
         written = plot(read_csv(Path(args.out_dir) / "results.csv"), read_csv(fits_path) if fits_path.exists() else [], args.out_dir)
         print(f"study: redrew {', '.join(written)} in {args.out_dir}")
         raise SystemExit(0)
