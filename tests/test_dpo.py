@@ -234,5 +234,7 @@ def test_two_processes_follow_the_one_process_trajectory(tmp_path):
     one, two = one_and_two_processes("dpo.py", flags, tmp_path, "dpo (sigmoid")
     assert len(one["train/loss"]) == len(two["train/loss"]) == 6  # 96 pairs / 16 per step
     assert two["train/loss"] == pytest.approx(one["train/loss"], abs=1e-4)
-    assert two["rewards/accuracies"] == pytest.approx(one["rewards/accuracies"], abs=1e-4)
+    # at the first step the policy is the reference, so every margin is 0 up to rounding: exact ties count 0.5, but a
+    # rounding error of either sign decides a pair (0.5 against 0.59 in one CI run). From the second step on it is not noise.
+    assert two["rewards/accuracies"][1:] == pytest.approx(one["rewards/accuracies"][1:], abs=1e-4)
     assert one["train/loss"][-1] < one["train/loss"][0]  # it moved: the trajectories are not trivially flat
