@@ -200,7 +200,7 @@ def overoptimization(args, cfg, rows, fits):
             rows.append(dict(part="overoptimization", method="best-of-n", setting=label, step=n, kl=bon_kl(n), gold=g, proxy=p))
         # PPO against the RM
         run, _ = launch(args, "ppo_rlhf.py", f"overopt_ppo_{ppp}pairs", "--reward-model", rm_dir, "--kl-coef", cfg["overopt_kl_coef"],
-                        "--learning-rate", cfg["overopt_lr"], "--total-episodes", cfg["overopt_episodes"], "--log-samples-every", 2)
+                        "--learning-rate", cfg["overopt_lr"], "--total-episodes", cfg["overopt_episodes"], "--log-samples-every", cfg["overopt_eval_every_updates"])
         s = read_scalars(run)
         for (step, kl), (_, gold), (_, proxy_score) in zip(s["eval/kl"], s["eval/gold"], s["eval/score"]):
             rows.append(dict(part="overoptimization", method="PPO", setting=label, step=step, kl=kl, gold=gold, proxy=proxy_score))
@@ -313,12 +313,14 @@ def smooth(values, k=5):
 
 
 def read_csv(path):
-    """Rows of a CSV written by write_csv, numbers back as floats (empty cells dropped)."""
+    """Rows of a CSV written by write_csv, numbers back as ints or floats (empty cells dropped)."""
     def value(v):
-        try:
-            return float(v)
-        except ValueError:
-            return v
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
     with open(path) as f:
         return [{k: value(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
 
@@ -334,29 +336,29 @@ def write_csv(path, rows):
 CONFIGS = {  # the whole study, and --quick
     False: dict(ppo_kl_coefs=[0.01, 0.03, 0.1, 0.3], ppo_episodes=6400, eval_every_updates=10,
                 dpo_betas=[0.05, 0.2, 0.5, 2.0], dpo_flags=[], bon_samples=64, bon_ns=[1, 2, 4, 8, 16, 32, 64],
-                rm_pairs_per_prompt=[4, 16, 32], rm_flags=[], overopt_kl_coef=0.005, overopt_lr=1e-4, overopt_episodes=3200, counterexample_fracs=[0.0, 0.3, 0.6]),
+                rm_pairs_per_prompt=[4, 16, 32], rm_flags=[], overopt_kl_coef=0.005, overopt_lr=1e-4, overopt_episodes=3200, overopt_eval_every_updates=2, counterexample_fracs=[0.0, 0.3, 0.6]),
     True: dict(ppo_kl_coefs=[0.02, 0.2], ppo_episodes=1920, eval_every_updates=5,
                dpo_betas=[0.1, 1.0], dpo_flags=["--num-train-prompts", 300, "--num-eval-prompts", 64], bon_samples=16,
                bon_ns=[1, 2, 4, 8, 16], rm_pairs_per_prompt=[4, 16], rm_flags=["--num-train-prompts", 300],
-               overopt_kl_coef=0.005, overopt_lr=1e-4, overopt_episodes=1280, counterexample_fracs=[0.0, 0.6]),
+               overopt_kl_coef=0.005, overopt_lr=1e-4, overopt_episodes=1280, overopt_eval_every_updates=2, counterexample_fracs=[0.0, 0.6]),
 }
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
     args.out_dir = args.out_dir or ("runs/study_quick" if args.quick else "runs/study")
+    out = Path(args.out_dir)
     cfg = CONFIGS[args.quick]
     parts = set(args.only.split(",")) if args.only else {"frontier", "overoptimization", "length"}
     unknown = parts - {"frontier", "overoptimization", "length"}
     if unknown:
         raise SystemExit(f"--only: unknown part(s) {sorted(unknown)}; expected frontier, overoptimization, length")
     if args.plot_only:
-        fits_path = Path(args.out_dir) / "fits.csv"
-        if not (Path(args.out_dir) / "results.csv").exists():
-            raise SystemExit(f"--plot-only: no {args.out_dir}/results.csv; run the study first (or pass its --out-dir)")
-        written = plot(read_csv(Path(args.out_dir) / "results.csv"), read_csv(fits_path) if fits_path.exists() else [], args.out_dir)
+        if not (out / "results.csv").exists():
+            raise SystemExit(f"--plot-only: no {out / 'results.csv'}; run the study first (or pass its --out-dir)")
+        written = plot(read_csv(out / "results.csv"), read_csv(out / "fits.csv") if (out / "fits.csv").exists() else [], out)
         print(f"study: redrew {', '.join(written)} in {args.out_dir}")
         raise SystemExit(0)
-    (Path(args.out_dir) / "logs").mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
     rows, fits, start = [], [], time.time()
     if "frontier" in parts:
         frontier(args, cfg, rows)
@@ -367,14 +369,14 @@ if __name__ == "__main__":
     for r in rows:
         r["sqrt_kl"] = math.sqrt(max(r["kl"], 0.0))
     if args.only:  # keep the other parts' points from an earlier run of the study
-        old = Path(args.out_dir) / "results.csv"
-        rows = [r for r in (read_csv(old) if old.exists() else []) if r["part"].split("_")[0] not in parts] + rows
-        if "overoptimization" not in parts and (Path(args.out_dir) / "fits.csv").exists():
-            fits = read_csv(Path(args.out_dir) / "fits.csv")
-    write_csv(Path(args.out_dir) / "results.csv", rows)
+        old = read_csv(out / "results.csv") if (out / "results.csv").exists() else []
+        rows = [r for r in old if r["part"].split("_")[0] not in parts] + rows
+        if "overoptimization" not in parts and (out / "fits.csv").exists():
+            fits = read_csv(out / "fits.csv")
+    write_csv(out / "results.csv", rows)
     if fits:
-        write_csv(Path(args.out_dir) / "fits.csv", fits)
-    written = plot(rows, fits, args.out_dir)
+        write_csv(out / "fits.csv", fits)
+    written = plot(rows, fits, out)
     print(f"study: {len(rows)} points in {(time.time() - start) / 60:.1f} min -> {args.out_dir}/results.csv, "
           + ", ".join(written) + (", fits.csv" if fits else ""))
     for f in fits:
