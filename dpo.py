@@ -13,6 +13,7 @@ the accelerator; a CPU copy is kept only to measure KL on samples at evaluation 
     python dpo.py                                          # the bundled base policy on the embedded task's pairs
     python dpo.py --loss-type ipo --beta 0.5
     python dpo.py --model gpt2 --dataset pairs.jsonl       # any causal LM, {"prompt", "chosen", "rejected"} rows
+    python dpo.py --model gpt2 --dataset Anthropic/hh-rlhf # a hub dataset as published (common/data.py)
     torchrun --nproc_per_node 4 dpo.py --model gpt2 ...    # data parallel (DDP)
 """
 
@@ -53,7 +54,13 @@ class Args:
     model: str = models.BUNDLED_MODEL
     """the policy to start from, and the reference (the SFT model): a hub name or local path"""
     dataset: str = "embedded"
-    """'embedded' (pairs labeled by the task's simulated labeler), a local .jsonl/.json file or a hub dataset of pairwise rows"""
+    """'embedded' (pairs labeled by the task's simulated labeler), a .jsonl/.json file, a local dataset folder or a hub dataset of pairs (common/data.py lists the layouts read)"""
+    dataset_config: Optional[str] = None
+    """the dataset's configuration (subset), where it has several"""
+    dataset_train_split: str = "train"
+    """the split to train on"""
+    dataset_test_split: Optional[str] = None
+    """the split to evaluate on; if not given: test, else validation, else 5% of the prompts held out"""
     pairs_per_prompt: int = 8
     """embedded task only: comparisons per train prompt (fresh pairs beat extra epochs on the same ones)"""
     eval_pairs_per_prompt: int = 2
@@ -94,14 +101,14 @@ class Args:
     """forward passes per optimizer step; global batch = per_device_batch_size x this x number of processes"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
-    learning_rate: float = 3e-4
-    """peak learning rate"""
+    learning_rate: Optional[float] = None
+    """peak learning rate; if not given: 3e-4 for a small model like the bundled one, 1e-6 for a pretrained one (the DPO paper, TRL)"""
     warmup_ratio: float = 0.1
     """fraction of steps with linear warmup, then cosine decay to 0"""
-    max_length: int = 96
-    """longest prompt + completion in tokens; longer ones are truncated (counted)"""
-    max_prompt_length: int = 32
-    """longest prompt in tokens; its end is kept"""
+    max_length: Optional[int] = None
+    """longest prompt + completion in tokens, longer ones truncated (counted); if not given: 96 for a small model, 1024 for a pretrained one (TRL), within its context"""
+    max_prompt_length: Optional[int] = None
+    """longest prompt in tokens, its end kept; if not given: 32 for a small model, 512 for a pretrained one"""
     eval_every: int = 50
     """optimizer steps between evaluations"""
     eval_samples_per_prompt: int = 4
@@ -222,23 +229,26 @@ def pair_batch(model, ref_model, ref_logps, chosen, rejected, idx, args, pad_id,
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts, max_new_tokens, temperature, batch_size=64):
-    """Pure sampling (no top-k, no top-p). Returns the texts and, per batch, (ids, attention_mask, response_mask)
-    with the response mask covering the sampled tokens up to and including the first EOS."""
+def sample(model, tokenizer, queries, max_new_tokens, temperature, batch_size=64):
+    """Pure sampling (no top-k, no top-p) for queries (lists of prompt ids, left-padded here). Returns the texts and,
+    per batch, (ids, attention_mask, response_mask) with the response mask covering the sampled tokens up to and
+    including the first EOS."""
     device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
     texts, batches = [], []
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        resp = gen[:, enc.input_ids.shape[1] :]  # (B, N)
+    for i in range(0, len(queries), batch_size):
+        batch = queries[i : i + batch_size]
+        ids = data.pad(batch, tokenizer.pad_token_id, side="left").to(device)
+        prompt_mask = data.pad([[1] * len(q) for q in batch], 0, side="left").to(device)
+        gen = model.generate(input_ids=ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, do_sample=True,
+                             temperature=temperature, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        resp = gen[:, ids.shape[1] :]  # (B, N)
         is_eos = (resp == tokenizer.eos_token_id).long()
         resp_mask = (is_eos.cumsum(1) - is_eos) == 0  # no EOS before this token: the EOS itself is part of the response
-        am = torch.cat([enc.attention_mask, torch.ones_like(resp)], 1)
-        batches.append((gen, am, torch.cat([torch.zeros_like(enc.input_ids), resp_mask.long()], 1)))
-        texts += [t.strip() for t in tokenizer.batch_decode(resp.masked_fill(~resp_mask, tokenizer.pad_token_id), skip_special_tokens=True)]
-    tokenizer.padding_side = "right"
+        am = torch.cat([prompt_mask, torch.ones_like(resp)], 1)
+        batches.append((gen, am, torch.cat([torch.zeros_like(ids), resp_mask.long()], 1)))
+        resp = resp.masked_fill(~resp_mask, tokenizer.pad_token_id)
+        texts += [t.strip() for t in tokenizer.batch_decode(resp, skip_special_tokens=True)]
     return texts, batches
 
 
@@ -253,7 +263,8 @@ def sample_logps(model, batches, temperature):
 
 
 @torch.no_grad()
-def evaluate(model, ref_model, ref_logps, chosen, rejected, eval_prompts, args, pad_id, tokenizer, device, autocast, rank, world):
+def evaluate(model, ref_model, ref_logps, chosen, rejected, eval_prompts, eval_queries, args, pad_id, tokenizer, device,
+             autocast, rank, world):
     """Held-out pair metrics (eval/...), and on task prompts: samples, their gold reward and their sequence-level KL
     to the reference, mean over samples of log pi(y|x) - log pi_ref(y|x) (the axes of the DPO paper's frontier)."""
     model.eval()
@@ -268,7 +279,8 @@ def evaluate(model, ref_model, ref_logps, chosen, rejected, eval_prompts, args, 
     out = models.reduce_mean({f"eval/{k}": sums[k] / max(n, 1) for k in METRICS}, weight=n)
     if eval_prompts:
         prompts = (eval_prompts * args.eval_samples_per_prompt)[rank::world]
-        texts, batches = sample(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
+        queries = (eval_queries * args.eval_samples_per_prompt)[rank::world]
+        texts, batches = sample(model, tokenizer, queries, args.max_new_tokens, args.temperature)
         parts = [task.gold_components(p, t) for p, t in zip(prompts, texts)]
         ev = {"eval/gold": statistics.mean(sum(c.values()) for c in parts),
               "eval/states_answer": statistics.mean(c["helpful"] > 0 for c in parts),
@@ -294,9 +306,29 @@ if __name__ == "__main__":
     dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), args.beta, args.loss_type,  # fail fast on bad flags
              args.label_smoothing, args.label_smoothing_form, torch.ones(1), torch.ones(1), args.rpo_alpha)
 
+    # Data (read and checked before any model loads): preference pairs; the eval pairs are on prompts never trained on
+    if args.dataset == "embedded":
+        labeler = task.Labeler(args.labeler_temperature, args.flip_rate, args.length_bias)
+        train_prompts, eval_prompts = task.split_prompts()
+        train_prompts, eval_prompts = train_prompts[: args.num_train_prompts], eval_prompts[: args.num_eval_prompts]
+        train_rows = task.make_pairs(train_prompts, labeler, args.pairs_per_prompt, seed=args.seed)
+        eval_rows = task.make_pairs(eval_prompts, labeler, args.eval_pairs_per_prompt, seed=args.seed + 1)
+        ceiling = statistics.mean(labeler.ceiling(r["prompt"], r["chosen"], r["rejected"]) for r in eval_rows)
+    else:
+        train_rows, eval_rows = data.load_rows(args.dataset, "pairwise", args.dataset_config, args.dataset_train_split,
+                                               args.dataset_test_split, verbose=rank == 0)
+        eval_prompts = sorted({r["prompt"] for r in eval_rows if isinstance(r["prompt"], str) and task.correct_answer(r["prompt"]) is not None})
+        eval_prompts = eval_prompts[: args.num_eval_prompts]  # samples are graded on the task's prompts only
+        ceiling = None
+    if not eval_rows:
+        raise SystemExit(f"--dataset {args.dataset} has no eval pairs (none of its prompts fell in the 5% held out): "
+                         "give it more prompts or a --dataset-test-split")
+
     # Policy and reference: the same weights at the start; dropout off so log-prob ratios are not noisy
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
     model = models.disable_dropout(models.load_causal_lm(args.model, torch.float32, args.trust_remote_code))
+    models.fit_defaults(args, model, tokenizer, (3e-4, 1e-6), {"max_length": (96, 1024), "max_prompt_length": (32, 512)},
+                        print if rank == 0 else models.quiet)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -306,28 +338,18 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed + rank)  # each rank samples differently at evaluation
     pad_id = tokenizer.pad_token_id
 
-    # Data: preference pairs; the eval pairs are on prompts never trained on
-    if args.dataset == "embedded":
-        labeler = task.Labeler(args.labeler_temperature, args.flip_rate, args.length_bias)
-        train_prompts, eval_prompts = task.split_prompts()
-        train_prompts, eval_prompts = train_prompts[: args.num_train_prompts], eval_prompts[: args.num_eval_prompts]
-        train_rows = task.make_pairs(train_prompts, labeler, args.pairs_per_prompt, seed=args.seed)
-        eval_rows = task.make_pairs(eval_prompts, labeler, args.eval_pairs_per_prompt, seed=args.seed + 1)
-        ceiling = statistics.mean(labeler.ceiling(r["prompt"], r["chosen"], r["rejected"]) for r in eval_rows)
-    else:
-        train_rows, eval_rows = data.load_rows(args.dataset, "pairwise")
-        eval_prompts = sorted({r["prompt"] for r in eval_rows if isinstance(r["prompt"], str) and task.correct_answer(r["prompt"]) is not None})
-        eval_prompts = eval_prompts[: args.num_eval_prompts]
-        ceiling = None
     encoded = {}
     for split, rows in (("train", train_rows), ("eval", eval_rows)):
         counts = Counter()
         encoded[split] = tuple([data.encode(tokenizer, r["prompt"], r[k], args.max_length, args.max_prompt_length, counts) for r in rows]
                                for k in ("chosen", "rejected"))
-        data.report(counts, f"{split} pairs (chosen and rejected)") if rank == 0 else None
+        if rank == 0:
+            data.report(counts, f"{split} pairs (chosen and rejected)")
     (train_c, train_r), (eval_c, eval_r) = encoded["train"], encoded["eval"]
-    if not eval_c:
-        raise SystemExit(f"{args.dataset} has no eval pairs (its prompts hashed to the 5% eval split): give it more prompts")
+    counts = Counter()
+    eval_queries = [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in eval_prompts]
+    if rank == 0 and eval_prompts:
+        data.report(counts, "eval prompts for sampling")
 
     # Reference log-probs: computed once, then the reference leaves the accelerator (a CPU copy stays for the KL of samples)
     train_ref = eval_ref = None
@@ -345,7 +367,7 @@ if __name__ == "__main__":
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    eval_args = (eval_ref, eval_c, eval_r, eval_prompts, args, pad_id, tokenizer, device, autocast, rank, world)
+    eval_args = (eval_ref, eval_c, eval_r, eval_prompts, eval_queries, args, pad_id, tokenizer, device, autocast, rank, world)
 
     before = ev = evaluate(model, ref_model, *eval_args)
     for key, v in before.items():  # step 0: the curves start at the reference policy

@@ -5,7 +5,8 @@ Ouyang et al. 2022 (InstructGPT, PPO-ptx), Schulman et al. 2017 (PPO) and 2015 (
 details of RLHF with PPO" (Huang et al.): each detail is a commented line below.
     python ppo_rlhf.py                                   # bundled base policy, the embedded task's gold reward
     python ppo_rlhf.py --reward-model runs/rm_bt__1__.../model   # a reward model from rm_bt.py or rm_kwise.py
-    python ppo_rlhf.py --model gpt2 --reward-model <hub RM> --dataset prompts.jsonl
+    python ppo_rlhf.py --model gpt2 --reward-model lvwerra/distilbert-imdb --reward-label POSITIVE --dataset imdb_prompts.jsonl
+    python ppo_rlhf.py --model <SFT model> --reward-model my_rewards.py:reward --dataset trl-lib/tldr   # a Python function
     torchrun --nproc_per_node 4 ppo_rlhf.py --model gpt2 ...       # data parallel: each process rolls out 1/4 of the prompts
 """
 
@@ -25,7 +26,7 @@ import tyro
 from tqdm import tqdm
 from transformers import GenerationConfig
 
-from common import data, models, task
+from common import data, models, scoring, task
 
 
 @dataclass
@@ -44,11 +45,19 @@ class Args:
     model: str = models.BUNDLED_MODEL
     """the policy to start from (an SFT model): a hub name or local path; a frozen copy is the KL reference"""
     reward_model: str = "gold"
-    """'gold' (the embedded task's gold reward on the decoded text), or a sequence-classification model directory or hub name (rm_bt.py / rm_kwise.py output)"""
+    """'gold' (the embedded task's gold reward), a sequence classifier (rm_bt.py / rm_kwise.py output, a hub reward model or sentiment classifier, decoder or encoder), or file.py:fn (see common/scoring.py)"""
+    reward_label: Optional[str] = None
+    """the output of a classifier with several labels to maximize: a name from its config's id2label (POSITIVE) or an index"""
     value_head_on_policy: bool = False
     """a scalar value head on the policy's last hidden state (lm-human-preferences) instead of a separate value network"""
     dataset: str = "embedded"
-    """prompts: 'embedded' (the task's train prompts; its eval prompts for evaluation), or a .jsonl/.json file or hub dataset of {"prompt"} rows"""
+    """prompts: 'embedded' (the task's train prompts; its eval prompts for evaluation), a .jsonl/.json file, a local dataset folder or a hub dataset: the prompts of its rows, whatever their kind (common/data.py)"""
+    dataset_config: Optional[str] = None
+    """the dataset's configuration (subset), where it has several"""
+    dataset_train_split: str = "train"
+    """the split to train on"""
+    dataset_test_split: Optional[str] = None
+    """the split to evaluate on; if not given: test, else validation, else 5% of the prompts held out"""
     num_eval_prompts: Optional[int] = None
     """evaluate on the first N held-out prompts only (default: all of them)"""
     output_dir: str = ""
@@ -62,14 +71,14 @@ class Args:
     """minibatches each rollout is split into, per PPO epoch"""
     num_ppo_epochs: int = 4
     """passes over each rollout"""
-    learning_rate: float = 3e-4
-    """Adam learning rate of the policy and the value function, decayed linearly to 0"""
+    learning_rate: Optional[float] = None
+    """Adam learning rate of the policy and the value function, decayed linearly to 0; if not given: 3e-4 for a small model like the bundled one, 3e-6 for a pretrained one (TRL)"""
     max_grad_norm: float = 1.0
     """gradient norm clipping"""
     response_length: int = 64
     """longest response in tokens; a response that has not stopped by then is cut (and gets the missing-EOS penalty)"""
-    max_prompt_length: int = 64
-    """longest prompt in tokens; its end is kept (counted)"""
+    max_prompt_length: Optional[int] = None
+    """longest prompt in tokens, its end kept (counted); if not given: 64 for a small model, 512 for a pretrained one, within its context"""
     temperature: float = 1.0
     """sampling temperature; log-probs of policy, reference and old policy all come from logits / temperature"""
     stop_token: str = ""
@@ -250,27 +259,11 @@ def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temper
     mask = torch.cat([query_mask, resp_mask], dim=1)
     logprobs, _, _ = forward_logprobs(policy, seq, mask, context_length, temperature)
     ref_logprobs, _, _ = forward_logprobs(ref_policy, seq, mask, context_length, temperature)
-    texts = [tokenizer.decode(r[m.bool() & ~torch.isin(r, torch.tensor(stop_ids, device=device))], skip_special_tokens=True).strip()
-             for r, m in zip(responses, resp_mask)]
+    # the text as sampled, a stop token such as "." included; special tokens (EOS) left out
+    texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(responses, resp_mask)]
+    with_eos = ((responses == tokenizer.eos_token_id) & resp_mask.bool()).any(1)
     return dict(seq=seq, mask=mask, context_length=context_length, resp_mask=resp_mask.float(), stopped=stopped,
-                logprobs=logprobs, ref_logprobs=ref_logprobs, texts=texts)
-
-
-@torch.no_grad()
-def score_responses(prompts, texts, seq, mask, reward_model=None, rm_tokenizer=None, same_vocab=True):
-    """(B,) score of each response: the gold reward of the text, or the reward model's at the last real token
-    (EOS included), normalized with the reward_mean / reward_std saved in its config. A reward model with another
-    tokenizer reads the decoded text re-encoded with its own (AlpacaFarm), EOS appended as in its training."""
-    if reward_model is None:
-        return torch.tensor([task.gold_reward(p, t) for p, t in zip(prompts, texts)], device=seq.device)
-    if not same_vocab:
-        counts = Counter()
-        enc = [data.encode(rm_tokenizer, p, t, 10**6, 10**6, counts)[0] for p, t in zip(prompts, texts)]
-        seq = data.pad(enc, rm_tokenizer.pad_token_id).to(seq.device)
-        mask = data.pad([[1] * len(e) for e in enc], 0).to(seq.device)
-    raw = models.reward_at_last_token(reward_model, seq, mask)
-    cfg = reward_model.config
-    return (raw - getattr(cfg, "reward_mean", 0.0)) / getattr(cfg, "reward_std", 1.0)
+                with_eos=with_eos, logprobs=logprobs, ref_logprobs=ref_logprobs, texts=texts)
 
 
 def gold_of(prompts, texts):
@@ -287,26 +280,41 @@ if __name__ == "__main__":
     say = print if rank == 0 else lambda *a, **k: None
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
-    # Models: policy, frozen reference, reward (or gold), value; dropout off in all of them (N details)
+    # Prompts (read and checked before any model loads): train prompts for rollouts, held-out ones for evaluation
+    if args.dataset == "embedded":
+        train_prompts, eval_prompts = task.split_prompts()
+    else:
+        rows = data.load_rows(args.dataset, "prompt", args.dataset_config, args.dataset_train_split,
+                              args.dataset_test_split, verbose=rank == 0)
+        train_prompts, eval_prompts = ([r["prompt"] for r in split] for split in rows)
+    task_prompts = all(isinstance(p, str) and task.correct_answer(p) is not None for p in train_prompts + eval_prompts)
+    if args.reward_model == "gold" and not task_prompts:
+        raise SystemExit("--reward-model gold scores the embedded task's prompts only: pass a reward model for other prompts")
+    if not eval_prompts:
+        say("no held-out prompts in the dataset's split: evaluating on the first 64 train prompts")
+    eval_prompts = (eval_prompts or train_prompts[:64])[: args.num_eval_prompts]
+    if args.ptx_coef > 0:  # PPO-ptx: demonstrations whose log-likelihood is added to the objective
+        if args.ptx_dataset == "embedded":
+            ptx_rows = task.make_sft(train_prompts, 1, args.seed)
+        else:
+            ptx_rows = data.load_rows(args.ptx_dataset, "sft", verbose=rank == 0)[0]
+
+    # Models: policy, frozen reference, reward, value; dropout off in all of them (N details)
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
-    load = lambda loader, name: models.disable_dropout(loader(name, torch.float32, args.trust_remote_code)).to(device).eval()
-    policy = load(models.load_causal_lm, args.model)
-    ref_policy = copy.deepcopy(policy).requires_grad_(False)  # the frozen reference: the starting policy
-    reward_model, rm_tokenizer, same_vocab = None, None, True
-    if args.reward_model != "gold":
-        reward_model = load(models.load_reward_model, args.reward_model).requires_grad_(False)
-        rm_tokenizer = models.load_tokenizer(args.reward_model, args.trust_remote_code)
-        same_vocab = rm_tokenizer.get_vocab() == tokenizer.get_vocab()
-        cfg = reward_model.config
-        say(f"reward model {args.reward_model}: reward_mean {getattr(cfg, 'reward_mean', 0.0)}, reward_std {getattr(cfg, 'reward_std', 1.0)}, "
-              + ("the policy's tokenizer" if same_vocab else "another tokenizer: responses are decoded and re-encoded"))
+    policy = models.disable_dropout(models.load_causal_lm(args.model, torch.float32, args.trust_remote_code)).to(device)
+    ref_policy = copy.deepcopy(policy).eval().requires_grad_(False)  # the frozen reference: the starting policy
+    models.fit_defaults(args, policy, tokenizer, (3e-4, 3e-6), {"max_prompt_length": (64, 512)}, say)
+    reward = scoring.load(args.reward_model, tokenizer, args.reward_label, device, args.trust_remote_code)
+    say("scoring with " + scoring.describe(reward))
     if args.value_head_on_policy:  # lm-human-preferences: a scalar head on the policy's trunk, zero-initialized
         value_model, value_head = None, torch.nn.Linear(policy.config.get_text_config().hidden_size, 1).to(device)
         torch.nn.init.zeros_(value_head.weight), torch.nn.init.zeros_(value_head.bias)
     else:  # a separate network (Stiennon): from the reward model when it reads the policy's tokens, else from the policy
-        value_init = args.reward_model if reward_model is not None and same_vocab else args.model
-        value_model, value_head = load(models.load_reward_model, value_init), None
-        say(f"value network initialized from {value_init}" + (" (fresh scalar head)" if value_init == args.model else ""))
+        from_rm = reward["kind"] == "decoder" and reward["same_vocab"] and reward["model"].config.num_labels == 1
+        value_init = args.reward_model if from_rm else args.model
+        value_model = models.disable_dropout(models.load_reward_model(value_init, torch.float32, args.trust_remote_code))
+        value_model, value_head = value_model.to(device), None
+        say(f"value network initialized from {value_init}" + ("" if from_rm else " (fresh scalar head)"))
     params = list(policy.parameters()) + list((value_head if value_model is None else value_model).parameters())
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5)
     torch.manual_seed(args.seed + rank)  # every process samples different responses
@@ -318,30 +326,25 @@ if __name__ == "__main__":
         hidden = forward_logprobs(policy, seq, mask, L, args.temperature, hidden=True)[2] if hidden is None else hidden
         return value_head(hidden).squeeze(-1).float()
 
-    # Prompts: train prompts for rollouts, held-out prompts for the before/after evaluation
-    if args.dataset == "embedded":
-        train_prompts, eval_prompts = task.split_prompts()
-    else:
-        train_prompts, eval_prompts = ([r["prompt"] for r in rows] for rows in data.load_rows(args.dataset, "prompt"))
-    if reward_model is None and not all(isinstance(p, str) and task.correct_answer(p) is not None for p in train_prompts + eval_prompts):
-        raise SystemExit("--reward-model gold scores the embedded task's prompts only: pass a reward model for other prompts")
-    if not eval_prompts:
-        say("no held-out prompts in the dataset's split: evaluating on the first 64 train prompts")
-    eval_prompts = (eval_prompts or train_prompts[:64])[: args.num_eval_prompts]
     train_queries, eval_queries = [], []
     for split, prompts, queries in (("train", train_prompts, train_queries), ("eval", eval_prompts, eval_queries)):
         counts = Counter()
         queries += [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in prompts]
-        data.report(counts, f"{split} prompts") if rank == 0 else None
-    if args.ptx_coef > 0:  # PPO-ptx: demonstrations whose log-likelihood is added to the objective
-        ptx_rows = task.make_sft(train_prompts, 1, args.seed) if args.ptx_dataset == "embedded" else data.load_rows(args.ptx_dataset, "sft")[0]
+        if rank == 0:
+            data.report(counts, f"{split} prompts")
+    if args.ptx_coef > 0:
         counts = Counter()
         ptx_data = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_prompt_length + args.response_length,
                                 args.max_prompt_length, counts) for r in ptx_rows]
-        data.report(counts, "ptx demonstrations") if rank == 0 else None
-
-    stop_ids = [tokenizer.eos_token_id] + ([tokenizer.convert_tokens_to_ids(args.stop_token)] if args.stop_token else [])
-    assert tokenizer.unk_token_id not in stop_ids, f"--stop-token {args.stop_token!r} is not one token of the tokenizer"
+        if rank == 0:
+            data.report(counts, "ptx demonstrations")
+    stop_ids = [tokenizer.eos_token_id]
+    if args.stop_token:  # a token of the vocabulary, or a text that encodes to one (not by comparing with unk: GPT-2's is EOS)
+        vocab = tokenizer.get_vocab()
+        stop = [vocab[args.stop_token]] if args.stop_token in vocab else tokenizer(args.stop_token, add_special_tokens=False).input_ids
+        if len(stop) != 1:
+            raise SystemExit(f"--stop-token {args.stop_token!r} is {len(stop)} tokens for this tokenizer, not one")
+        stop_ids += stop
     gen_config = generation_config(tokenizer, stop_ids, args.response_length, args.temperature)
     num_updates = args.total_episodes // args.rollout_batch_size
     local_batch = args.rollout_batch_size // world  # this process's share of each rollout
@@ -356,7 +359,7 @@ if __name__ == "__main__":
         for i in range(0, len(queries), B):
             with autocast:
                 r = rollout(policy, ref_policy, tokenizer, queries[i : i + B], gen_config, stop_ids, args.temperature)
-                scores += score_responses(prompts[i : i + B], r["texts"], r["seq"], r["mask"], reward_model, rm_tokenizer, same_vocab).tolist()
+                scores += scoring.score(reward, prompts[i : i + B], r["texts"], r["with_eos"], r["seq"], r["mask"]).tolist()
             kls += ((r["logprobs"] - r["ref_logprobs"]) * r["resp_mask"]).sum(1).tolist()
             texts += r["texts"]
         gold = gold_of(prompts, texts)
@@ -373,6 +376,7 @@ if __name__ == "__main__":
     say(f"before training: eval score {before['score']:.3f}" + (f", gold {before['gold']:.3f}" if before["gold"] is not None else ""))
     rng = random.Random(args.seed)
     order, beta, episodes, start = [], args.kl_coef, 0, time.time()
+    rm_counts = Counter()  # responses whose prompt was cut to fit the reward model's context
     for update in tqdm(range(1, num_updates + 1), desc="ppo", disable=rank != 0):
         lr = args.learning_rate * (1.0 - (update - 1) / num_updates)  # linear LR decay
         for group in optimizer.param_groups:
@@ -387,7 +391,7 @@ if __name__ == "__main__":
             r = rollout(policy, ref_policy, tokenizer, [train_queries[i] for i in idx], gen_config, stop_ids, args.temperature)
             seq, mask, L, resp_mask = r["seq"], r["mask"], r["context_length"], r["resp_mask"]
             values = values_of(seq, mask, L) * resp_mask
-            scores = score_responses(prompts, r["texts"], seq, mask, reward_model, rm_tokenizer, same_vocab)
+            scores = scoring.score(reward, prompts, r["texts"], r["with_eos"], seq, mask, rm_counts).to(device)
         gold = gold_of(prompts, r["texts"])
         scores = scores - args.missing_eos_penalty * (~r["stopped"]).float()  # a response that never stopped is penalized
 
@@ -461,7 +465,9 @@ if __name__ == "__main__":
         policy.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
         summary = "ppo_rlhf:" + (f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD})," if after["gold"] is not None else "")
-        summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f}," if reward_model is not None else ""
+        summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f}," if reward["kind"] != "gold" else ""
+        if rm_counts:
+            print(f"{rm_counts['truncated for the reward model']} rollout sequences were cut at their start to fit the reward model")
         print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
     writer.close()
     if world > 1:  # wait for rank 0's save, then all processes leave the group together

@@ -10,6 +10,7 @@ mean 0 (std 1), stored in the saved config as reward_mean / reward_std: normaliz
     python rm_bt.py --length-bias 0.3                                # a labeler that likes long answers
     python rm_bt.py --length-bias 0.3 --counterexample-frac 0.3      # ... and the fix: curated counterexamples
     python rm_bt.py --model gpt2 --dataset pairs.jsonl               # {"prompt", "chosen", "rejected"[, "margin"]}
+    python rm_bt.py --model Qwen/Qwen2-0.5B-Instruct --dataset trl-lib/ultrafeedback_binarized   # a hub dataset as published
     torchrun --nproc_per_node 4 rm_bt.py --model gpt2 ...            # data parallel (DDP)
 """
 
@@ -48,7 +49,13 @@ class Args:
     model: str = models.BUNDLED_MODEL
     """the model to start from (the SFT model, as in InstructGPT): a hub name or local path; it gets a fresh scalar head"""
     dataset: str = "embedded"
-    """'embedded' (pairs labeled by the task's simulated labeler), or a local .jsonl/.json file or hub dataset of pairwise rows"""
+    """'embedded' (pairs labeled by the task's simulated labeler), a .jsonl/.json file, a local dataset folder or a hub dataset of pairs (common/data.py lists the layouts read)"""
+    dataset_config: Optional[str] = None
+    """the dataset's configuration (subset), where it has several"""
+    dataset_train_split: str = "train"
+    """the split to train on"""
+    dataset_test_split: Optional[str] = None
+    """the split to evaluate on; if not given: test, else validation, else 5% of the prompts held out"""
     pairs_per_prompt: int = 16
     """embedded task only: training pairs per train prompt (1566 prompts); fresh pairs help more than extra epochs (8: 0.75 accuracy, 32: 0.83)"""
     num_train_prompts: Optional[int] = None
@@ -78,15 +85,15 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     learning_rate: Optional[float] = None
-    """peak learning rate, linear warmup then cosine decay to 0 (default 1e-3 for the bundled 0.83M model, 1e-5 for any other model: a good value for gpt2-size models)"""
+    """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled one, 1e-5 for a pretrained one (TRL)"""
     warmup_ratio: float = 0.05
     """fraction of steps with linear warmup"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
-    max_length: int = 96
-    """longest prompt + response in tokens; longer ones are truncated (counted)"""
-    max_prompt_length: int = 32
-    """longest prompt in tokens; its end is kept"""
+    max_length: Optional[int] = None
+    """longest prompt + response in tokens, longer ones truncated (counted); if not given: 96 for a small model, 1024 for a pretrained one (TRL), within its context"""
+    max_prompt_length: Optional[int] = None
+    """longest prompt in tokens, its end kept; if not given: 32 for a small model, 512 for a pretrained one"""
     eval_every: int = 50
     """optimizer steps between evaluations on the held-out pairs"""
     reference: str = "auto"
@@ -239,18 +246,8 @@ if __name__ == "__main__":
     say = print if rank == 0 else lambda *a, **k: None
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    lr = args.learning_rate or (1e-3 if args.model == models.BUNDLED_MODEL else 1e-5)
 
-    # The reward model starts from the SFT model with a fresh scalar head (InstructGPT); dropout off
-    tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
-    model = models.disable_dropout(models.load_reward_model(args.model, torch.float32, args.trust_remote_code)).to(device)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
-    pad_id = tokenizer.pad_token_id
-
-    # Data: pairs (chosen, rejected); the eval pairs are on prompts never trained on
+    # Data (read and checked before any model loads): pairs (chosen, rejected); the eval pairs are on prompts never trained on
     embedded = args.dataset == "embedded"
     if embedded:
         labeler = task.Labeler(args.labeler_temperature, args.flip_rate, args.length_bias)
@@ -260,10 +257,35 @@ if __name__ == "__main__":
         # the labeler's own comparisons only (no curated counterexamples): every ablation is measured on the same pairs
         eval_rows = task.make_pairs(eval_prompts, labeler, args.eval_pairs_per_prompt, args.seed + 1, args.margin)
     else:
-        train_rows, eval_rows = data.load_rows(args.dataset, "pairwise")
+        train_rows, eval_rows = data.load_rows(args.dataset, "pairwise", args.dataset_config, args.dataset_train_split,
+                                               args.dataset_test_split, verbose=rank == 0)
         with_margin = sum("margin" in r for r in train_rows)
         if with_margin and not args.margin:
             say(f"{with_margin} of {len(train_rows)} train pairs have a margin; pass --margin to use it (Llama 2)")
+    if not eval_rows:
+        raise SystemExit(f"--dataset {args.dataset} has no eval pairs (none of its prompts fell in the 5% held out): "
+                         "give it more prompts or a --dataset-test-split")
+
+    # Reference responses the reward is normalized on after training (read now, so a bad file stops the run early)
+    if args.reference != "auto":
+        ref_rows = [r for rows in data.load_rows(args.reference, "sft", verbose=rank == 0) for r in rows]
+    elif embedded:
+        ref_rows = task.make_sft(train_prompts, 1, seed=args.seed + 2)
+    else:
+        ref_rows = [{"prompt": r["prompt"], "completion": r[k]} for r in train_rows for k in ("chosen", "rejected")]
+    ref_rows = random.Random(args.seed).sample(ref_rows, min(args.reference_size, len(ref_rows)))
+
+    # The reward model starts from the SFT model with a fresh scalar head (InstructGPT); dropout off
+    tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
+    model = models.disable_dropout(models.load_reward_model(args.model, torch.float32, args.trust_remote_code)).to(device)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    models.fit_defaults(args, model, tokenizer, (1e-3, 1e-5), {"max_length": (96, 1024), "max_prompt_length": (32, 512)}, say)
+    lr = args.learning_rate
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
+    pad_id = tokenizer.pad_token_id
+
     train, counts = encode_pairs(train_rows, tokenizer, args, args.margin)
     data.report(counts, "train pairs") if rank == 0 else None
     eval_pairs, counts = encode_pairs(eval_rows, tokenizer, args, args.margin)
@@ -353,13 +375,6 @@ if __name__ == "__main__":
         raise SystemExit(0)
     # Normalization: a bias so that reference responses score mean 0 (Stiennon et al.; InstructGPT uses the
     # demonstrations), and with --normalize-std a gain for std 1 (lm-human-preferences). ppo_rlhf.py applies it.
-    if args.reference != "auto":
-        ref_rows = [r for rows in data.load_rows(args.reference, "sft") for r in rows]
-    elif embedded:
-        ref_rows = task.make_sft(train_prompts, 1, seed=args.seed + 2)
-    else:
-        ref_rows = [{"prompt": r["prompt"], "completion": r[k]} for r in train_rows for k in ("chosen", "rejected")]
-    ref_rows = random.Random(args.seed).sample(ref_rows, min(args.reference_size, len(ref_rows)))
     counts = Counter()
     ref_ids = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts)[0] for r in ref_rows]
     data.report(counts, "reference responses")

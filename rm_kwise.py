@@ -10,6 +10,7 @@ prompt, not 2 x C(K,2)); their scores are laid out as a (prompts, Kmax) tensor w
     python rm_kwise.py                                            # the embedded task, bundled base policy
     python rm_kwise.py --loss pairwise --shuffle-pairs            # the ablation
     python rm_kwise.py --model gpt2 --dataset rankings.jsonl      # {"prompt", "completions": [best first, ...]}
+    python rm_kwise.py --model <SFT model> --dataset berkeley-nest/Nectar   # Starling's 7-wise rankings, as published
     torchrun --nproc_per_node 4 rm_kwise.py --model gpt2 ...      # data parallel (DDP): each process takes 1/4 of every batch
 The saved model loads with AutoModelForSequenceClassification; config.reward_mean / reward_std hold the
 normalization (normalized reward = (raw - reward_mean) / reward_std), as rm_bt.py saves it.
@@ -22,7 +23,7 @@ import time
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.distributed as dist
@@ -50,7 +51,13 @@ class Args:
     model: str = models.BUNDLED_MODEL
     """the model to start from (the SFT model, as in InstructGPT): a hub name or local path; it gets a fresh scalar head"""
     dataset: str = "embedded"
-    """'embedded' (rankings by the task's simulated labeler), a local .jsonl/.json file or a hub dataset of K-wise rows"""
+    """'embedded' (rankings by the task's simulated labeler), a .jsonl/.json file, a local dataset folder or a hub dataset of K-wise rows (ours, Nectar's, UltraFeedback's: common/data.py)"""
+    dataset_config: Optional[str] = None
+    """the dataset's configuration (subset), where it has several"""
+    dataset_train_split: str = "train"
+    """the split to train on"""
+    dataset_test_split: Optional[str] = None
+    """the split to evaluate on; if not given: test, else validation, else 5% of the prompts held out"""
     k_min: int = 4
     """embedded task only: fewest completions ranked per prompt"""
     k_max: int = 9
@@ -71,18 +78,18 @@ class Args:
     """--shuffle-pairs only: pairs per optimizer step, all processes together (0: as many as a per-prompt batch holds on average, so both take the same number of steps)"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
-    learning_rate: float = 1e-3
-    """peak learning rate (linear warmup, then cosine decay to 0); use ~1e-5 for a pretrained model"""
+    learning_rate: Optional[float] = None
+    """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled one, 1e-5 for a pretrained one"""
     warmup_ratio: float = 0.05
     """fraction of steps with linear warmup"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
     forward_chunk: int = 32
     """sequences per forward pass: a step's completions are sorted by length into chunks of this size (less padding)"""
-    max_length: int = 96
-    """longest prompt + completion in tokens; longer ones are truncated (counted)"""
-    max_prompt_length: int = 32
-    """longest prompt in tokens; its end is kept"""
+    max_length: Optional[int] = None
+    """longest prompt + completion in tokens, longer ones truncated (counted); if not given: 96 for a small model, 1024 for a pretrained one, within its context"""
+    max_prompt_length: Optional[int] = None
+    """longest prompt in tokens, its end kept; if not given: 32 for a small model, 512 for a pretrained one"""
     eval_every: int = 50
     """optimizer steps between evaluations on the held-out rankings"""
     reference: str = "auto"
@@ -245,16 +252,7 @@ if __name__ == "__main__":
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
-    # The reward model starts from the SFT model with a fresh scalar head (InstructGPT); dropout off
-    tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
-    model = models.disable_dropout(models.load_reward_model(args.model, torch.float32, args.trust_remote_code)).to(device)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
-    loss_fn = LOSSES[args.loss]
-
-    # Data: rankings best first; the eval rankings are on prompts never trained on
+    # Data (read and checked before any model loads): rankings best first; the eval rankings are on prompts never trained on
     embedded = args.dataset == "embedded"
     if embedded:
         labeler = task.Labeler()
@@ -263,7 +261,30 @@ if __name__ == "__main__":
         train_rows = task.make_rankings(train_prompts, labeler, args.k_min, args.k_max, seed=args.seed)
         eval_rows = task.make_rankings(eval_prompts, labeler, args.k_min, args.k_max, seed=args.seed + 1)
     else:
-        train_rows, eval_rows = data.load_rows(args.dataset, "kwise")
+        train_rows, eval_rows = data.load_rows(args.dataset, "kwise", args.dataset_config, args.dataset_train_split,
+                                               args.dataset_test_split, verbose=rank == 0)
+    if not eval_rows:
+        raise SystemExit(f"--dataset {args.dataset} has no eval rankings (none of its prompts fell in the 5% held out): "
+                         "give it more prompts or a --dataset-test-split")
+    # Reference responses the reward is normalized on after training (read now, so a bad file stops the run early)
+    if args.reference != "auto":
+        ref_rows = [r for rows in data.load_rows(args.reference, "sft", verbose=rank == 0) for r in rows]
+    elif embedded:
+        ref_rows = task.make_sft(train_prompts, 1, seed=args.seed + 2)
+    else:
+        ref_rows = [{"prompt": r["prompt"], "completion": c} for r in train_rows for c in r["completions"]]
+    ref_rows = random.Random(args.seed).sample(ref_rows, min(args.reference_size, len(ref_rows)))
+
+    # The reward model starts from the SFT model with a fresh scalar head (InstructGPT); dropout off
+    tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
+    model = models.disable_dropout(models.load_reward_model(args.model, torch.float32, args.trust_remote_code)).to(device)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    models.fit_defaults(args, model, tokenizer, (1e-3, 1e-5), {"max_length": (96, 1024), "max_prompt_length": (32, 512)}, say)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
+    loss_fn = LOSSES[args.loss]
+
     train_ids, _, counts = encode_rankings(train_rows, tokenizer, args)
     data.report(counts, "train rankings") if rank == 0 else None
     eval_ids, eval_lengths, counts = encode_rankings(eval_rows, tokenizer, args)
@@ -355,13 +376,6 @@ if __name__ == "__main__":
         raise SystemExit(0)
     # Normalization: the loss is shift-invariant, so set a bias for mean 0 on reference responses (Stiennon et
     # al., InstructGPT), and with --normalize-std a gain for std 1 (lm-human-preferences)
-    if args.reference != "auto":
-        ref_rows = [r for rows in data.load_rows(args.reference, "sft") for r in rows]
-    elif embedded:
-        ref_rows = task.make_sft(train_prompts, 1, seed=args.seed + 2)
-    else:
-        ref_rows = [{"prompt": r["prompt"], "completion": c} for r in train_rows for c in r["completions"]]
-    ref_rows = random.Random(args.seed).sample(ref_rows, min(args.reference_size, len(ref_rows)))
     counts = Counter()
     ref_ids = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts)[0] for r in ref_rows]
     data.report(counts, "reference responses")

@@ -44,7 +44,13 @@ class Args:
     model: str = "scratch"
     """'scratch' (a tiny GPT-2 with the embedded task's tokenizer: how the bundled model is made), or a hub name or local path"""
     dataset: str = "embedded"
-    """'embedded' (demonstrations from the task's response generator), a local .jsonl/.json file, or a hub dataset"""
+    """'embedded' (demonstrations from the task's response generator), a .jsonl/.json file, a local dataset folder or a hub dataset of {"prompt", "completion"} or {"messages"} rows"""
+    dataset_config: Optional[str] = None
+    """the dataset's configuration (subset), where it has several"""
+    dataset_train_split: str = "train"
+    """the split to train on"""
+    dataset_test_split: Optional[str] = None
+    """the split to evaluate on; if not given: test, else validation, else 5% of the prompts held out"""
     demos_per_prompt: int = 2
     """embedded task only: demonstrations per train prompt"""
     output_dir: str = ""
@@ -58,15 +64,15 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     learning_rate: Optional[float] = None
-    """peak learning rate (default 2e-3 from scratch, 2e-5 for a pretrained model)"""
+    """peak learning rate; if not given: 2e-3 for a small model (from scratch, or the bundled one), 2e-5 for a pretrained one (TRL)"""
     warmup_ratio: float = 0.05
     """fraction of steps with linear warmup, then cosine decay to 0"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
-    max_length: int = 96
-    """longest prompt + completion in tokens; longer ones are truncated (counted)"""
-    max_prompt_length: int = 32
-    """longest prompt in tokens; its end is kept"""
+    max_length: Optional[int] = None
+    """longest prompt + completion in tokens, longer ones truncated (counted); if not given: 96 for a small model, 1024 for a pretrained one (TRL), within its context"""
+    max_prompt_length: Optional[int] = None
+    """longest prompt in tokens, its end kept; if not given: 32 for a small model, 512 for a pretrained one"""
     eval_every: int = 200
     """optimizer steps between evaluations"""
     max_new_tokens: int = 64
@@ -93,7 +99,7 @@ def tiny_gpt2(tokenizer):
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, batches, eval_prompts, args, autocast, rank, world):
+def evaluate(model, tokenizer, batches, eval_prompts, eval_queries, args, autocast, rank, world):
     """Held-out loss on demonstrations, and samples on eval prompts graded by the gold reward (embedded task).
     Each rank takes its share of the batches and prompts; the means are taken over all of them."""
     model.eval()
@@ -102,7 +108,7 @@ def evaluate(model, tokenizer, batches, eval_prompts, args, autocast, rank, worl
     out = models.reduce_mean({"eval/loss": statistics.mean(losses) if losses else 0.0}, weight=len(losses))
     if eval_prompts:
         prompts = eval_prompts[rank::world]
-        responses = models.sample_completions(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
+        responses = models.sample_completions(model, tokenizer, eval_queries[rank::world], args.max_new_tokens, args.temperature)
         parts = [task.gold_components(p, r) for p, r in zip(prompts, responses)]
         out |= models.reduce_mean({
             "eval/gold": statistics.mean(sum(c.values()) for c in parts),
@@ -130,6 +136,16 @@ if __name__ == "__main__":
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
+    # Data (read and checked before any model loads): demonstrations; the eval split holds prompts never trained on
+    if args.dataset == "embedded":
+        train_prompts, eval_prompts = task.split_prompts()
+        train_rows = task.make_sft(train_prompts, args.demos_per_prompt, seed=args.seed)
+        eval_rows = task.make_sft(eval_prompts, 1, seed=args.seed + 1)
+    else:
+        train_rows, eval_rows = data.load_rows(args.dataset, "sft", args.dataset_config, args.dataset_train_split,
+                                               args.dataset_test_split, verbose=rank == 0)
+        eval_prompts = [r["prompt"] for r in eval_rows if isinstance(r["prompt"], str) and task.correct_answer(r["prompt"]) is not None]
+
     # Model and tokenizer
     if args.model == "scratch":
         tokenizer = task.build_tokenizer()
@@ -137,29 +153,29 @@ if __name__ == "__main__":
     else:
         tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
         model = models.load_causal_lm(args.model, torch.float32, args.trust_remote_code)
+    models.fit_defaults(args, model, tokenizer, (2e-3, 2e-5), {"max_length": (96, 1024), "max_prompt_length": (32, 512)},
+                        print if rank == 0 else models.quiet)
+    lr = args.learning_rate
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.to(device)
     ddp_model = DDP(model) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     torch.manual_seed(args.seed + rank)  # after the (identical) init: each rank samples differently
-    lr = args.learning_rate or (2e-3 if args.model == "scratch" else 2e-5)
 
-    # Data: demonstrations; the eval split holds prompts never trained on
-    if args.dataset == "embedded":
-        train_prompts, eval_prompts = task.split_prompts()
-        train_rows = task.make_sft(train_prompts, args.demos_per_prompt, seed=args.seed)
-        eval_rows = task.make_sft(eval_prompts, 1, seed=args.seed + 1)
-    else:
-        train_rows, eval_rows = data.load_rows(args.dataset, "sft")
-        eval_prompts = [r["prompt"] for r in eval_rows if isinstance(r["prompt"], str) and task.correct_answer(r["prompt"]) is not None]
     counts = Counter()
     train = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts) for r in train_rows]
-    data.report(counts, "train demonstrations") if rank == 0 else None
+    if rank == 0:
+        data.report(counts, "train demonstrations")
     counts = Counter()
     eval_encoded = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts) for r in eval_rows]
     eval_batches = [collate(eval_encoded[i : i + args.per_device_batch_size], tokenizer.pad_token_id, device)
                     for i in range(0, len(eval_encoded), args.per_device_batch_size)]
-    data.report(counts, "eval demonstrations") if rank == 0 else None
+    if rank == 0:
+        data.report(counts, "eval demonstrations")
+    counts = Counter()
+    eval_queries = [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in eval_prompts]
+    if rank == 0 and eval_prompts:
+        data.report(counts, "eval prompts for sampling")
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
     steps_per_epoch = math.ceil(len(train) / global_batch)
     num_steps = args.num_epochs * steps_per_epoch
@@ -169,7 +185,7 @@ if __name__ == "__main__":
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-    before = evaluate(model, tokenizer, eval_batches, eval_prompts, args, autocast, rank, world)
+    before = evaluate(model, tokenizer, eval_batches, eval_prompts, eval_queries, args, autocast, rank, world)
     if rank == 0:
         print(f"before training: eval loss {before['eval/loss']:.3f}" + (f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""))
     rng = random.Random(args.seed)
@@ -201,7 +217,7 @@ if __name__ == "__main__":
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/tokens_per_second", tokens * world / (time.time() - start), step)
             if step % args.eval_every == 0 or step == num_steps:
-                ev = evaluate(model, tokenizer, eval_batches, eval_prompts, args, autocast, rank, world)
+                ev = evaluate(model, tokenizer, eval_batches, eval_prompts, eval_queries, args, autocast, rank, world)
                 for k, v in ev.items():
                     if k != "samples":
                         writer.add_scalar(k, v, step)

@@ -1,48 +1,126 @@
-"""Reading, validating and tokenizing data in TRL's formats (plain text or conversational).
+"""Reading, validating and tokenizing data: the project's own files and the hub's datasets as they are published.
 
-    prompts   {"prompt"}
-    SFT       {"prompt", "completion"}
-    pairwise  {"prompt", "chosen", "rejected"} with an optional "margin"
-    K-wise    {"prompt", "completions": [best first, ...]}, or with "ranking" (indices, best first) or "scores" (higher is better)
-
+Every row becomes one of four kinds (TRL's formats):
+    prompt    {"prompt"}
+    sft       {"prompt", "completion"}
+    pairwise  {"prompt", "chosen", "rejected"[, "margin"]}
+    kwise     {"prompt", "completions": [best first, ...]}
 A text is a non-empty string, or a list of {"role", "content"} messages rendered with the tokenizer's chat template.
-Bad rows are errors that name the file, the line and the field; what is truncated is counted and reported.
+The published layouts read into them (FORMATS below), so --dataset takes a hub name as it is:
+    implicit prompt       {"chosen", "rejected"} that share the prompt: Anthropic/hh-rlhf (plain text, "\n\nHuman: ...
+                          \n\nAssistant: ..."), trl-lib/ultrafeedback_binarized (messages); the prompt is the shared part
+                          up to the last assistant turn
+    repeated prompt       {"prompt", "chosen", "rejected"} whose messages repeat the prompt (HuggingFaceH4/ultrafeedback_
+                          binarized): the prompt is not doubled
+    conversations         {"messages"}: all but the last (assistant) message is the prompt
+    K-wise                {"prompt", "completions"[, "ranking" | "scores"]} (ours), {"prompt", "answers": [{"answer",
+                          "rank"}]} (berkeley-nest/Nectar, rank 1 best), {"instruction", "completions": [{"response",
+                          "overall_score"}]} (openbmb/UltraFeedback)
+Columns a script does not need are ignored. Bad rows are errors that name the file or split, the row and the field;
+what is truncated is counted and reported.
 """
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
 
-KEYS = {"prompt": ["prompt"], "sft": ["prompt", "completion"], "pairwise": ["prompt", "chosen", "rejected"], "kwise": ["prompt", "completions"]}
+FORMATS = {
+    "prompt": '{"prompt"}, {"messages"}, {"instruction"}, or any pairwise, SFT or K-wise row (its prompt)',
+    "sft": '{"prompt", "completion"} or {"messages": [..., last an assistant message]}',
+    "pairwise": '{"prompt", "chosen", "rejected"[, "margin"]} or {"chosen", "rejected"} sharing an implicit prompt',
+    "kwise": '{"prompt", "completions"[, "ranking" | "scores"]}, {"prompt", "answers": [{"answer", "rank"}]} (Nectar) '
+             'or {"instruction", "completions": [{"response", "overall_score"}]} (UltraFeedback)',
+}
+ASSISTANT_TURN = "\n\nAssistant:"  # Anthropic's dialogue format
 
 
-class DataError(ValueError):
-    pass
+class DataError(SystemExit):
+    """A problem with the user's data: the script stops with this message (exit code 1), no traceback."""
 
+
+# ---------------------------------------------------------------- reading: a file, a local dataset folder, or the hub
 
 def read_records(path):
-    """[(line, record)] from a .jsonl file (one JSON object a line) or a .json file (a list of objects)."""
+    """{"train": [(where, record)]} from a .jsonl file (one JSON object a line) or a .json file (a list of objects).
+    Every line that is not JSON is reported, not only the first."""
     text = Path(path).read_text()
     if str(path).endswith(".json"):
         try:
-            data = json.loads(text)
+            records = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
-        return [(f"item {i}", rec) for i, rec in enumerate(data, 1)]
-    records = []
+        if not isinstance(records, list):
+            raise DataError(f"{path}: expected a JSON list of objects, got {type(records).__name__}")
+        return {"train": [(f"{path}: item {i}", rec) for i, rec in enumerate(records, 1)]}
+    records, errors = [], []
     for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append((i, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-    return records
+        if line.strip():
+            try:
+                records.append((f"{path}:{i}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                errors.append(f"{path}:{i}: not valid JSON ({e.msg})")
+    if errors:
+        raise DataError(f"{len(errors)} line(s) of {path} are not JSON:\n" + "\n".join(errors[:10]))
+    return {"train": records}
 
+
+def open_dataset(name, config=None):
+    """{split: [(where, record)]}: a .jsonl/.json file (one split, "train"), or what `datasets.load_dataset` reads
+    (a local folder or data file, or a hub name)."""
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix in (".jsonl", ".json"):
+        return read_records(path)
+    looks_local = path.exists() or name.startswith((".", "/", "~")) or path.suffix or name.count("/") > 1
+    if looks_local and not path.exists():
+        raise DataError(f"--dataset {name}: no such file or folder")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"--dataset {name} is read with the `datasets` library: pip install datasets") from None
+    try:
+        d = datasets.load_dataset(str(path) if path.exists() else name, config)
+    except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or isinstance(e, ConnectionError)
+        hint = "the hub is not reachable from here (offline)" if offline else str(e).splitlines()[0]
+        raise DataError(f"--dataset {name}: not a local file or folder, and not found on the hub: {hint}") from None
+    except ValueError as e:  # e.g. a config that does not exist: datasets names the ones that do
+        raise DataError(f"--dataset {name}: {str(e).splitlines()[0]}") from None
+    return {split: [(f"{name}[{split}] row {i}", rec) for i, rec in enumerate(d[split], 1)] for split in d}
+
+
+def load_rows(dataset, kind, config=None, train_split="train", test_split=None, eval_frac=0.05, verbose=True):
+    """(train_rows, eval_rows) of a kind. The eval rows are test_split, or by default the "test" or "validation"
+    split where there is one, else a held-out eval_frac of the prompts (no prompt on both sides)."""
+    splits = open_dataset(dataset, config)
+    for flag, split in (("--dataset-train-split", train_split), ("--dataset-test-split", test_split)):
+        if split is not None and split not in splits:
+            raise DataError(f"{flag} {split}: {dataset} has no such split; its splits are {', '.join(splits)}")
+    one_file = list(splits) == ["train"] and Path(dataset).suffix in (".jsonl", ".json")
+    train = validate(splits[train_split], kind, dataset if one_file else f"{dataset}[{train_split}]")
+    if test_split is None:
+        test_split = next((s for s in ("test", "validation") if s in splits and s != train_split), None)
+    if test_split is not None:
+        evals, where = validate(splits[test_split], kind, f"{dataset}[{test_split}]"), f"split {test_split}"
+    else:
+        train, evals = split_by_prompt(train, eval_frac)
+        where = f"{eval_frac:.0%} of the prompts held out"
+    if verbose:
+        print(f"{dataset}: {len(train)} {kind} rows from split {train_split}, {len(evals)} for evaluation ({where})")
+    return train, evals
+
+
+def split_by_prompt(rows, eval_frac=0.05):
+    """(train, eval): a row goes to eval when a hash of its prompt says so, so no prompt is in both."""
+    def is_eval(row):
+        h = hashlib.sha1(json.dumps(row["prompt"], sort_keys=True).encode()).digest()
+        return int.from_bytes(h[:4], "big") < eval_frac * 2**32
+    return [r for r in rows if not is_eval(r)], [r for r in rows if is_eval(r)]
+
+
+# ---------------------------------------------------------------- rows: published layouts into the four kinds
 
 def _text_error(value):
     """Why a value is not a text (None when it is one)."""
@@ -58,88 +136,139 @@ def _text_error(value):
     return f"expected a non-empty string or a list of messages, got {type(value).__name__} {json.dumps(value)[:40]}"
 
 
-def validate(records, kind, source):
-    """Check every record of a kind; return the rows (K-wise rows normalized to completions best first).
-    All problems are collected and raised together, each with source:line and the field."""
-    rows, errors = [], []
-    for line, rec in records:
-        where = f"{source}:{line}"
-        if not isinstance(rec, dict):
-            errors.append(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            continue
-        missing = [k for k in KEYS[kind] if k not in rec]
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def extract_prompt(chosen, rejected):
+    """(prompt, chosen, rejected) from two texts that share an implicit prompt (TRL's extraction): for messages,
+    the shared leading messages; for plain text, the shared prefix up to its last "\\n\\nAssistant:" (Anthropic's
+    dialogues), else up to a word boundary."""
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        n = 0
+        while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+            n += 1
+        return chosen[:n], chosen[n:], rejected[n:]
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    shared = chosen[:n]
+    if ASSISTANT_TURN in shared:
+        n = shared.rindex(ASSISTANT_TURN) + len(ASSISTANT_TURN)
+    else:
+        n = max(shared.rfind(" "), shared.rfind("\n")) + 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _drop_repeated_prompt(prompt, chosen, rejected):
+    """HuggingFaceH4/ultrafeedback_binarized: chosen and rejected are whole conversations that begin with the
+    prompt's messages; keep the prompt once, as messages, and the replies after it."""
+    if not (isinstance(chosen, list) and isinstance(rejected, list)):
+        return prompt, chosen, rejected
+    head = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    same = [{"role": m.get("role"), "content": m.get("content")} for m in chosen[: len(head)]] == head
+    if same and chosen[: len(head)] == rejected[: len(head)] and len(chosen) > len(head) < len(rejected):
+        return chosen[: len(head)], chosen[len(head):], rejected[len(head):]
+    return prompt, chosen, rejected
+
+
+def _kwise(rec):
+    """(prompt, completions best first, error) from a K-wise row in any of the accepted layouts."""
+    if "answers" in rec:  # Nectar: rank 1 is the best
+        answers = rec["answers"]
+        if not (isinstance(answers, list) and all(isinstance(a, dict) and _is_number(a.get("rank")) for a in answers)):
+            return None, None, "field 'answers': expected a list of {\"answer\", \"rank\"}"
+        return rec.get("prompt"), [a.get("answer") for a in sorted(answers, key=lambda a: a["rank"])], None
+    c = rec.get("completions")
+    prompt = rec["prompt"] if "prompt" in rec else rec.get("instruction")
+    if not isinstance(c, list) or len(c) < 2:
+        return None, None, f"field 'completions': expected a list of at least 2 completions, got {json.dumps(c)[:40]}"
+    if all(isinstance(x, dict) for x in c):  # UltraFeedback: the highest overall_score is the best
+        if not all(_is_number(x.get("overall_score")) for x in c):
+            return None, None, "field 'completions': expected {\"response\", \"overall_score\": number} items"
+        return prompt, [x.get("response") for x in sorted(c, key=lambda x: -x["overall_score"])], None
+    if "ranking" in rec:
+        r = rec["ranking"]
+        if not (isinstance(r, list) and sorted(r) == list(range(len(c)))):
+            return None, None, f"field 'ranking': expected a permutation of 0..{len(c) - 1} (best first), got {json.dumps(r)[:40]}"
+        return prompt, [c[i] for i in r], None
+    if "scores" in rec:
+        s = rec["scores"]
+        if not (isinstance(s, list) and len(s) == len(c) and all(_is_number(x) for x in s)):
+            return None, None, f"field 'scores': expected {len(c)} numbers (one per completion), got {json.dumps(s)[:40]}"
+        return prompt, [c[i] for i in sorted(range(len(c)), key=lambda i: -s[i])], None
+    return prompt, c, None
+
+
+def to_row(rec, kind):
+    """(row of the kind, None) or (None, why not) for one record in any accepted layout."""
+    if not isinstance(rec, dict):
+        return None, f"expected a JSON object, got {type(rec).__name__}"
+    if kind == "kwise" or (kind == "prompt" and ("answers" in rec or "completions" in rec)):
+        if not ({"prompt", "instruction"} & set(rec) and {"answers", "completions"} & set(rec)):
+            return None, f"fits no {kind} format; accepted: {FORMATS[kind]}; it has keys {sorted(rec)}"
+        prompt, completions, error = _kwise(rec)
+        if error:
+            return None, error
+        row = {"prompt": prompt, "completions": completions}
+    elif kind == "pairwise" or (kind == "prompt" and {"chosen", "rejected"} <= set(rec)):
+        missing = [k for k in ("chosen", "rejected") if k not in rec]
         if missing:
-            errors.append(f"{where}: missing key '{missing[0]}' (a {kind} row needs {KEYS[kind]}, has {sorted(rec)})")
-            continue
-        texts = [("prompt", rec["prompt"])] + [(k, rec[k]) for k in KEYS[kind][1:] if k != "completions"]
-        if kind == "kwise":
-            c = rec["completions"]
-            if not isinstance(c, list) or len(c) < 2:
-                errors.append(f"{where}: field 'completions': expected a list of at least 2 completions, got {json.dumps(c)[:40]}")
-                continue
-            texts += [(f"completions[{i}]", t) for i, t in enumerate(c)]
-        bad = [(k, e) for k, v in texts if (e := _text_error(v))]
-        if bad:
-            errors.append(f"{where}: field '{bad[0][0]}': {bad[0][1]}")
-            continue
-        row = {k: rec[k] for k in KEYS[kind]}
-        if kind == "pairwise" and "margin" in rec:
-            if not isinstance(rec["margin"], (int, float)) or isinstance(rec["margin"], bool):
-                errors.append(f"{where}: field 'margin': expected a number, got {json.dumps(rec['margin'])[:40]}")
-                continue
+            return None, f"missing key '{missing[0]}'; accepted: {FORMATS[kind]}; it has keys {sorted(rec)}"
+        chosen, rejected = rec["chosen"], rec["rejected"]
+        if "prompt" in rec:
+            prompt, chosen, rejected = _drop_repeated_prompt(rec["prompt"], chosen, rejected)
+        elif isinstance(chosen, str) == isinstance(rejected, str) and not (_text_error(chosen) or _text_error(rejected)):
+            prompt, chosen, rejected = extract_prompt(chosen, rejected)
+        else:
+            return None, f"field 'chosen'/'rejected': {_text_error(chosen) or _text_error(rejected) or 'one is text, one messages'}"
+        row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        if "margin" in rec and kind == "pairwise":
+            if not _is_number(rec["margin"]):
+                return None, f"field 'margin': expected a number, got {json.dumps(rec['margin'])[:40]}"
             row["margin"] = float(rec["margin"])
-        if kind == "kwise":
-            order, err = _kwise_order(rec, len(rec["completions"]))
-            if err:
-                errors.append(f"{where}: {err}")
-                continue
-            row["completions"] = [rec["completions"][i] for i in order]
-        rows.append(row)
+    elif "messages" in rec and (kind == "prompt" and "prompt" not in rec or kind == "sft" and "completion" not in rec):
+        m = rec["messages"]
+        if _text_error(m) or len(m) < 2 or m[-1]["role"] != "assistant":
+            return None, f"field 'messages': {_text_error(m) or 'expected a conversation that ends with the assistant reply'}"
+        row = {"prompt": m[:-1]} | ({"completion": m[-1:]} if kind == "sft" else {})
+    elif kind == "sft":
+        missing = [k for k in ("prompt", "completion") if k not in rec]
+        if missing:
+            return None, f"missing key '{missing[0]}'; accepted: {FORMATS[kind]}; it has keys {sorted(rec)}"
+        row = {"prompt": rec["prompt"], "completion": rec["completion"]}
+    else:
+        if "prompt" not in rec and "instruction" not in rec:
+            return None, f"missing key 'prompt'; accepted: {FORMATS[kind]}; it has keys {sorted(rec)}"
+        row = {"prompt": rec["prompt"] if "prompt" in rec else rec["instruction"]}
+    for key, value in row.items():
+        texts = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if key == "completions" else [(key, value)]
+        for name, text in texts:
+            if key != "margin" and _text_error(text):
+                return None, f"field '{name}': {_text_error(text)}"
+    return row, None
+
+
+def validate(records, kind, source):
+    """The rows of a kind from [(where, record)]. All problems are collected and raised together, each naming
+    where it is (file:line or dataset[split] row) and the field."""
+    rows, errors = [], []
+    for where, rec in records:
+        row, error = to_row(rec, kind)
+        if error:
+            errors.append(f"{where}: {error}")
+        else:
+            rows.append(row)
     if errors:
         more = f"\n... and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise DataError(f"{len(errors)} bad row(s) in {source}:\n" + "\n".join(errors[:10]) + more)
+    if kind == "prompt":  # a preference or K-wise set repeats its prompts: each once
+        unique = {json.dumps(r["prompt"], sort_keys=True): r for r in rows}
+        rows = list(unique.values())
     return rows
 
 
-def _kwise_order(rec, k):
-    if "ranking" in rec:
-        r = rec["ranking"]
-        if not (isinstance(r, list) and sorted(r) == list(range(k))):
-            return None, f"field 'ranking': expected a permutation of 0..{k - 1} (best first), got {json.dumps(r)[:40]}"
-        return r, None
-    if "scores" in rec:
-        s = rec["scores"]
-        if not (isinstance(s, list) and len(s) == k and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in s)):
-            return None, f"field 'scores': expected {k} numbers (one per completion), got {json.dumps(s)[:40]}"
-        return sorted(range(k), key=lambda i: -s[i]), None
-    return list(range(k)), None
-
-
-def split_by_prompt(rows, eval_frac=0.05):
-    """(train, eval): a row goes to eval when a hash of its prompt says so, so no prompt is in both."""
-    def is_eval(row):
-        h = hashlib.sha1(json.dumps(row["prompt"], sort_keys=True).encode()).digest()
-        return int.from_bytes(h[:4], "big") < eval_frac * 2**32
-    return [r for r in rows if not is_eval(r)], [r for r in rows if is_eval(r)]
-
-
-def load_rows(dataset, kind, eval_frac=0.05):
-    """(train_rows, eval_rows) from a local .jsonl/.json file or a Hugging Face hub dataset. The eval rows are
-    the hub's "test" (or "validation") split when it has one, else a split by prompt."""
-    if Path(dataset).exists():
-        return split_by_prompt(validate(read_records(dataset), kind, dataset), eval_frac)
-    try:
-        import datasets
-    except ImportError:
-        raise SystemExit(f"--dataset {dataset!r} is not a local file, so it is read from the Hugging Face hub, "
-                         "which needs the `datasets` library: pip install datasets") from None
-    d = datasets.load_dataset(dataset)
-    rows = {s: validate(enumerate(d[s], 1), kind, f"{dataset}[{s}] row") for s in d}
-    eval_split = next((s for s in ("test", "validation") if s in rows), None)
-    if eval_split:
-        return rows["train"], rows[eval_split]
-    return split_by_prompt(rows["train"], eval_frac)
-
+# ---------------------------------------------------------------- tokenizing
 
 def render(tokenizer, prompt, completion=None):
     """(prompt_text, completion_text): plain strings as they are; conversations through the chat template."""
@@ -147,6 +276,9 @@ def render(tokenizer, prompt, completion=None):
         if completion is not None and not isinstance(completion, str):
             raise DataError("a plain-text prompt needs plain-text completions, got messages")
         return prompt, completion
+    if tokenizer.chat_template is None:
+        raise DataError(f"the data holds conversations (lists of messages), but the tokenizer {tokenizer.name_or_path} "
+                        "has no chat template: use a chat model (e.g. an -Instruct one) or plain-text rows")
     p = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     if completion is None:
         return p, None
@@ -158,12 +290,24 @@ def render(tokenizer, prompt, completion=None):
     return p, full[len(p):]
 
 
+def _count_unknown(tokenizer, ids, counts):
+    """Tokens the tokenizer could not represent (its unk id, where that is not also its EOS, as in GPT-2)."""
+    counts["tokens"] += len(ids)
+    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+        counts["unknown tokens"] += sum(t == tokenizer.unk_token_id for t in ids)
+
+
 def encode(tokenizer, prompt, completion, max_length, max_prompt_length, counts):
-    """(input_ids, completion_mask) for prompt + completion + EOS; the loss reads completion tokens only.
-    Too long: keep the end of the prompt (at most max_prompt_length tokens) and cut the completion; counted."""
+    """(input_ids, completion_mask) for prompt + completion + EOS; the loss reads completion tokens only. A chat
+    template that already ends the reply with EOS gets no second one. Too long: keep the end of the prompt (at most
+    max_prompt_length tokens) and cut the completion; counted."""
     p_text, c_text = render(tokenizer, prompt, completion)
-    p = tokenizer(p_text, add_special_tokens=isinstance(prompt, str)).input_ids
-    c = tokenizer(c_text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    p = tokenizer(p_text, add_special_tokens=isinstance(prompt, str)).input_ids  # a chat template adds its own BOS
+    eos = tokenizer.eos_token
+    ends_with_eos = eos is not None and c_text.rstrip().endswith(eos)
+    c = tokenizer(c_text.rstrip() if ends_with_eos else c_text, add_special_tokens=False).input_ids
+    _count_unknown(tokenizer, p + c, counts)
+    c = c if ends_with_eos else c + [tokenizer.eos_token_id]
     counts["examples"] += 1
     if len(p) > max_prompt_length:
         p = p[-max_prompt_length:]
@@ -178,16 +322,21 @@ def encode_prompt(tokenizer, prompt, max_prompt_length, counts):
     """Prompt ids alone (for sampling), the end kept when too long; counted."""
     p_text, _ = render(tokenizer, prompt)
     p = tokenizer(p_text, add_special_tokens=isinstance(prompt, str)).input_ids
+    _count_unknown(tokenizer, p, counts)
     counts["prompts"] += 1
     if len(p) > max_prompt_length:
         counts["prompts truncated"] += 1
     return p[-max_prompt_length:]
 
 
-def report(counts, what):
-    """Print what was truncated, so nothing is cut silently."""
-    cut = {k: v for k, v in counts.items() if "truncated" in k}
+def report(counts, what, max_unknown=0.05):
+    """Print what was truncated, so nothing is cut silently; stop when the tokenizer does not know the text."""
     total = counts.get("examples") or counts.get("prompts") or 0
+    unknown = counts.get("unknown tokens", 0)
+    if unknown > max_unknown * max(counts.get("tokens", 0), 1):
+        raise DataError(f"{what}: {unknown} of {counts['tokens']} tokens are unknown to the model's tokenizer. The bundled "
+                        "model knows only the embedded task's words: pass --model with a pretrained model (e.g. gpt2)")
+    cut = {k: v for k, v in counts.items() if "truncated" in k or k == "unknown tokens"}
     print(f"{what}: {total} sequences" + "".join(f", {v} {k}" for k, v in cut.items() if v))
 
 
@@ -196,4 +345,3 @@ def pad(seqs, value, side="right"):
     T = max(len(s) for s in seqs)
     fill = [[value] * (T - len(s)) for s in seqs]
     return torch.tensor([s + f if side == "right" else f + s for s, f in zip(seqs, fill)])
-

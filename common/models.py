@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from common import data
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = "common/bundled_model"  # the task's small base policy, made by `python sft.py --output-dir common/bundled_model`
@@ -34,11 +36,18 @@ def load_causal_lm(name, dtype=torch.float32, trust_remote_code=False):
     return AutoModelForCausalLM.from_pretrained(resolve(name), dtype=dtype, trust_remote_code=trust_remote_code)
 
 
-def load_reward_model(name, dtype=torch.float32, trust_remote_code=False):
-    """A sequence-classification model with one output. From a causal LM checkpoint the unembedding is
-    replaced by a fresh scalar head (InstructGPT starts the RM from the SFT model)."""
+def load_reward_model(name, dtype=torch.float32, trust_remote_code=False, num_labels=1):
+    """A sequence-classification model. From a causal LM checkpoint the unembedding is replaced by a fresh scalar
+    head (InstructGPT starts the RM from the SFT model). num_labels=None keeps a classifier's own labels and refuses
+    a checkpoint that is not one (a reward model to read, not to train)."""
+    kwargs = {"num_labels": num_labels} if num_labels is not None else {}
+    if num_labels is None:
+        config = AutoConfig.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
+        if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+            raise SystemExit(f"--reward-model {name} is not a sequence classifier (its architectures: "
+                             f"{config.architectures}): train one with rm_bt.py or pass a reward model")
     return AutoModelForSequenceClassification.from_pretrained(
-        resolve(name), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code
+        resolve(name), dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
     )
 
 
@@ -48,6 +57,39 @@ def disable_dropout(model):
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     return model
+
+
+SMALL_MODEL = 10_000_000  # parameters: below this a model is tiny like the bundled one (0.83M) and gets its defaults
+
+
+def is_small(model):
+    return sum(p.numel() for p in model.parameters()) < SMALL_MODEL
+
+
+def context_length(model, tokenizer=None):
+    """The most tokens the model (and its tokenizer, where it says) takes in one sequence."""
+    config = model.config.get_text_config()
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 10**9
+    if tokenizer is not None and tokenizer.model_max_length < 10**9:  # tokenizers without a limit say 1e30
+        n = min(n, tokenizer.model_max_length)
+    return n
+
+
+def fit_defaults(args, model, tokenizer, learning_rate, lengths, say=print):
+    """Fill args.learning_rate and the length fields that were left at None from what the model is: `learning_rate`
+    and `lengths` ({field: value}) are (small model, pretrained model) pairs; lengths are capped at the model's context.
+    Small models (the bundled one) get the embedded task's values, pretrained ones the field's (TRL's)."""
+    small = is_small(model)
+    if args.learning_rate is None:
+        args.learning_rate = learning_rate[0 if small else 1]
+    context = context_length(model, tokenizer)
+    for field, (small_value, pretrained_value) in lengths.items():
+        if getattr(args, field) is None:
+            setattr(args, field, min(small_value if small else pretrained_value, context))
+    chosen = ", ".join(f"{field} {getattr(args, field)}" for field in lengths)
+    kind = "small" if small else "pretrained"
+    say(f"learning rate {args.learning_rate:g}, {chosen} (where not given: the defaults for a {kind} model; "
+        f"its context is {context} tokens)")
 
 
 def last_token_index(attention_mask):
@@ -62,13 +104,13 @@ def position_ids_from_mask(attention_mask):
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def reward_at_last_token(model, input_ids, attention_mask):
-    """(B,) scalar reward read at the last real token of each sequence. The head is applied to the hidden
-    states ourselves: the HF pooling looks for pad ids, which is wrong when pad == EOS or there is no pad."""
+def reward_at_last_token(model, input_ids, attention_mask, label=0):
+    """(B,) reward (output `label` of the head) read at the last real token of each sequence. The head is applied to
+    the hidden states ourselves: the HF pooling looks for pad ids, which is wrong when pad == EOS or there is no pad."""
     out = model.base_model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
     )
-    values = model.score(out.last_hidden_state).squeeze(-1)  # (B, T)
+    values = model.score(out.last_hidden_state)[..., label]  # (B, T)
     return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1).float()
 
 
@@ -103,6 +145,10 @@ def reduce_mean(values, weight=1.0):
     return {k: (t[i] / t[-1]).item() for i, k in enumerate(values)}
 
 
+def quiet(*args, **kwargs):
+    """print for ranks other than 0: says nothing."""
+
+
 class SilentWriter:
     """The TensorBoard writer of ranks other than 0: only rank 0 logs."""
 
@@ -132,20 +178,20 @@ def make_run(exp_name, seed, args, rank=0):
 
 
 @torch.no_grad()
-def sample_completions(model, tokenizer, prompts, max_new_tokens=64, temperature=1.0, batch_size=64):
-    """Sample one completion per prompt (left-padded prompts, KV cache, pure sampling: no top-k, no top-p)."""
+def sample_completions(model, tokenizer, queries, max_new_tokens=64, temperature=1.0, batch_size=64):
+    """Sample one completion per query (lists of prompt ids, left-padded here; KV cache; pure sampling: no top-k, no
+    top-p, whatever the model's generation_config says). Returns the texts, special tokens left out."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    tokenizer.padding_side = "left"
     out = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
-        gen = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )
-        out += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
-    tokenizer.padding_side = "right"
+    for i in range(0, len(queries), batch_size):
+        batch = queries[i : i + batch_size]
+        ids = data.pad(batch, tokenizer.pad_token_id, side="left").to(device)
+        mask = data.pad([[1] * len(q) for q in batch], 0, side="left").to(device)
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
+                             temperature=temperature, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        out += tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
     model.train(was_training)
     return [s.strip() for s in out]

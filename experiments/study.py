@@ -149,7 +149,8 @@ def base_samples(n, seed):
         policy = models.load_causal_lm(models.BUNDLED_MODEL)
         tokenizer = models.load_tokenizer(models.BUNDLED_MODEL)
         prompts = task.split_prompts()[1]
-        texts = models.sample_completions(policy, tokenizer, [p for p in prompts for _ in range(n)], batch_size=256)
+        queries = [tokenizer(p).input_ids for p in prompts for _ in range(n)]
+        texts = models.sample_completions(policy, tokenizer, queries, batch_size=256)
         _SAMPLES = [(p, texts[i * n : (i + 1) * n], [task.gold_reward(p, t) for t in texts[i * n : (i + 1) * n]])
                     for i, p in enumerate(prompts)]
         torch.set_grad_enabled(True)

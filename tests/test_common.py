@@ -138,7 +138,7 @@ def test_export_round_trips_through_validation(tmp_path):
     rows = task.make_pairs(task.all_prompts()[:20], task.Labeler(), margin=True)
     path = tmp_path / "pairs.jsonl"
     task.export_jsonl(rows, path)
-    assert data.validate(data.read_records(path), "pairwise", str(path)) == rows
+    assert data.validate(data.read_records(path)["train"], "pairwise", str(path)) == rows
 
 
 # ---------------------------------------------------------------- data validation: each error names file, line, field
@@ -192,7 +192,7 @@ def test_all_errors_reported_together_and_json_files(tmp_path):
 def test_kwise_ranking_and_scores_reorder_best_first(tmp_path):
     path = _write(tmp_path, ['{"prompt": "p", "completions": ["a", "b", "c"], "ranking": [2, 0, 1]}',
                              '{"prompt": "q", "completions": ["a", "b", "c"], "scores": [0.5, 2, -1]}'])
-    rows = data.validate(data.read_records(path), "kwise", str(path))
+    rows = data.validate(data.read_records(path)["train"], "kwise", str(path))
     assert rows[0]["completions"] == ["c", "a", "b"] and rows[1]["completions"] == ["b", "a", "c"]
 
 

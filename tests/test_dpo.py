@@ -209,7 +209,7 @@ def test_sampled_responses_and_their_log_probs(base):
     model, tok, *_ = base
     prompts = ["Which is larger, 12 or 7?", "Please, which is smaller, 3 or 9? Thanks.", "Which is smaller, 1 or 2?"]
     torch.manual_seed(0)
-    texts, batches = dpo.sample(model, tok, prompts, 12, 0.7)
+    texts, batches = dpo.sample(model, tok, [tok(p).input_ids for p in prompts], 12, 0.7)
     logps = dpo.sample_logps(model, batches, 0.7)
     ids, am, rm = batches[0]
     for b, prompt in enumerate(prompts):

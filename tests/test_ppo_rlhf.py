@@ -195,22 +195,6 @@ def other_tokenizer():
     return tok
 
 
-def test_reward_model_scores_normalized_and_same_after_reencoding(tmp_path):
-    tok = models.load_tokenizer(models.BUNDLED_MODEL)
-    rm = models.load_reward_model(save_reward_model(tmp_path / "rm", tok)).eval()
-    other = other_tokenizer()  # another vocabulary: the response is decoded and re-encoded
-    prompts, texts = task.all_prompts()[:3], ["Sure! The answer is 1.", "It is 0.", "Obviously. 0 is larger."]
-    enc = [data.encode(tok, p, t, 64, 32, __import__("collections").Counter())[0] for p, t in zip(prompts, texts)]
-    seq, mask = data.pad(enc, tok.pad_token_id, "left"), data.pad([[1] * len(e) for e in enc], 0, "left")
-    direct = ppo_rlhf.score_responses(prompts, texts, seq, mask, rm, tok, same_vocab=True)
-    reencoded = ppo_rlhf.score_responses(prompts, texts, seq, mask, rm, other, same_vocab=False)
-    torch.testing.assert_close(direct, reencoded, atol=1e-5, rtol=1e-5)
-    raw = models.reward_at_last_token(rm, seq, mask)
-    torch.testing.assert_close(direct, (raw - 0.3) / 2.0)
-    gold = ppo_rlhf.score_responses(prompts, texts, seq, mask)
-    assert gold.tolist() == [task.gold_reward(p, t) for p, t in zip(prompts, texts)]
-
-
 # ---------------------------------------------------------------- end to end
 
 def test_end_to_end_gold_learns_and_logs_the_field_names(tmp_path):
