@@ -241,6 +241,8 @@ def to_row(rec, kind):
         if "prompt" not in rec and "instruction" not in rec:
             return None, f"missing key 'prompt'; accepted: {FORMATS[kind]}; it has keys {sorted(rec)}"
         row = {"prompt": rec["prompt"] if "prompt" in rec else rec["instruction"]}
+    if kind == "prompt":
+        row = {"prompt": row["prompt"]}
     for key, value in row.items():
         texts = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if key == "completions" else [(key, value)]
         for name, text in texts:
