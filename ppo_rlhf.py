@@ -466,7 +466,7 @@ if __name__ == "__main__":
         tokenizer.save_pretrained(out_dir)
         summary = "ppo_rlhf:" + (f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD})," if after["gold"] is not None else "")
         summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f}," if reward["kind"] != "gold" else ""
-        if rm_counts:
+        if rm_counts['truncated for the reward model']:
             print(f"{rm_counts['truncated for the reward model']} rollout sequences were cut at their start to fit the reward model")
         print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
     writer.close()
