@@ -85,7 +85,7 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     learning_rate: Optional[float] = None
-    """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled one, 1e-5 for a pretrained one (TRL)"""
+    """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled one, 1e-5 for a pretrained one (Stiennon et al. 1.5e-5, InstructGPT 9e-6)"""
     warmup_ratio: float = 0.05
     """fraction of steps with linear warmup"""
     weight_decay: float = 0.0
