@@ -200,6 +200,14 @@ def _kwise(rec):
     return prompt, c, None
 
 
+def _has_ties(rec):
+    """A K-wise row whose scores tie (UltraFeedback's overall_score often does): the order among them is arbitrary."""
+    c = rec.get("completions") if isinstance(rec, dict) else None
+    scores = [x.get("overall_score") for x in c] if isinstance(c, list) and all(isinstance(x, dict) for x in c) else None
+    scores = rec.get("scores") if scores is None and isinstance(rec, dict) else scores
+    return isinstance(scores, list) and len({json.dumps(x) for x in scores}) < len(scores)
+
+
 def to_row(rec, kind):
     """(row of the kind, None) or (None, why not) for one record in any accepted layout."""
     if not isinstance(rec, dict):
@@ -264,6 +272,9 @@ def validate(records, kind, source):
     if errors:
         more = f"\n... and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise DataError(f"{len(errors)} bad row(s) in {source}:\n" + "\n".join(errors[:10]) + more)
+    ties = sum(_has_ties(rec) for _, rec in records) if kind == "kwise" else 0
+    if ties:
+        print(f"{source}: {ties} of {len(rows)} rankings have tied scores; tied completions keep their listed order")
     if kind == "prompt":  # a preference or K-wise set repeats its prompts: each once
         unique = {json.dumps(r["prompt"], sort_keys=True): r for r in rows}
         rows = list(unique.values())

@@ -69,6 +69,13 @@ def test_nectar_and_ultrafeedback_rankings_best_first():
     assert rows_of([uf, nectar], "prompt") == [{"prompt": "Say hi."}, {"prompt": nectar["prompt"]}]
 
 
+def test_tied_scores_are_counted(capsys):
+    tied = {"instruction": "Say hi.", "completions": [{"response": "a", "overall_score": 7.0},
+                                                       {"response": "b", "overall_score": 7.0}, {"response": "c", "overall_score": 2.0}]}
+    assert rows_of([tied, {"prompt": "p", "completions": ["x", "y"], "scores": [1, 2]}], "kwise")[0]["completions"][2] == "c"
+    assert "test: 1 of 2 rankings have tied scores" in capsys.readouterr().out
+
+
 def test_prompts_from_any_kind_each_once():
     recs = [{"prompt": "a", "completion": "b"}, {"prompt": "a", "chosen": "x", "rejected": "y"},
             {"prompt": [{"role": "user", "content": "c"}]}, {"instruction": "d"}]
