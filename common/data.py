@@ -305,9 +305,9 @@ def render(tokenizer, prompt, completion=None):
 
 def _count_unknown(tokenizer, ids, counts):
     """Tokens the tokenizer could not represent (its unk id, where that is not also its EOS, as in GPT-2)."""
-    counts["tokens"] += len(ids)
+    counts["tokens"] = counts.get("tokens", 0) + len(ids)
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
-        counts["unknown tokens"] += sum(t == tokenizer.unk_token_id for t in ids)
+        counts["unknown tokens"] = counts.get("unknown tokens", 0) + sum(t == tokenizer.unk_token_id for t in ids)
 
 
 def encode(tokenizer, prompt, completion, max_length, max_prompt_length, counts):
