@@ -1,5 +1,6 @@
 """Loading models and tokenizers, devices and torchrun, seeding, run directories, and reading a scalar reward."""
 
+import math
 import os
 import random
 import time
@@ -101,6 +102,43 @@ def reduce_mean(values, weight=1.0):
     t = torch.tensor([v * weight for v in values.values()] + [weight], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return {k: (t[i] / t[-1]).item() for i, k in enumerate(values)}
+
+
+def global_means(values):
+    """{name: mean over every process's items} from {name: this process's list of per-item values}. A process with no
+    items adds nothing (fewer eval prompts than processes); a name with no item anywhere gets NaN. One all_reduce."""
+    sums = [float(sum(v)) for v in values.values()] + [float(len(v)) for v in values.values()]
+    if dist.is_available() and dist.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.tensor(sums, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        sums = t.tolist()
+    n = len(values)
+    return {k: sums[i] / sums[n + i] if sums[n + i] else math.nan for i, k in enumerate(values)}
+
+
+def global_batches(order, size, world=1):
+    """Consecutive global batches of `size` items; a last batch too small to give each of the `world` processes an
+    item joins the one before it, so nothing is dropped and no process is left without a backward pass (with gloo
+    that is a collective mismatch, with NCCL a hang)."""
+    if len(order) < world:
+        raise ValueError(f"{len(order)} training examples cannot give each of {world} processes one")
+    batches = [order[b : b + size] for b in range(0, len(order), size)]
+    if len(batches) > 1 and len(batches[-1]) < world:
+        last = batches.pop()  # popped first: `batches[-2] = batches[-2] + batches.pop()` would overwrite the wrong batch
+        batches[-1] = batches[-1] + last
+    return batches
+
+
+def micro_batches(batch, rank, world, size, weights=None):
+    """[(items, loss_weight)]: this process's share of a global batch (items rank, rank + world, ...) cut into
+    micro-batches of at most `size`. The loss weight is the micro-batch's share of the global batch, counted in items
+    (or in weights[item], e.g. tokens), times world: the weighted mean losses summed over micro-batches, then averaged
+    over processes by DDP, are the mean over the global batch however unevenly it splits."""
+    def total(items):
+        return sum(weights[i] for i in items) if weights is not None else len(items)
+    mine = batch[rank::world]
+    return [(mine[i : i + size], total(mine[i : i + size]) * world / total(batch)) for i in range(0, len(mine), size)]
 
 
 class SilentWriter:

@@ -260,3 +260,41 @@ def test_resolve_finds_repo_paths_from_elsewhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert models.resolve("common/task.py") == str(models.REPO_ROOT / "common/task.py")
     assert models.resolve("gpt2") == "gpt2"
+
+
+# ---------------------------------------------------------------- torchrun: global batches shared among processes
+
+def test_global_batches_keep_every_item_and_give_every_process_one():
+    assert [len(b) for b in models.global_batches(list(range(33)), 16, world=2)] == [16, 17]  # 1 item would leave rank 1 idle
+    assert [len(b) for b in models.global_batches(list(range(33)), 16, world=1)] == [16, 16, 1]
+    assert [len(b) for b in models.global_batches(list(range(35)), 16, world=2)] == [16, 16, 3]
+    assert sum(models.global_batches(list(range(33)), 16, world=2), []) == list(range(33))  # in order, none dropped
+    with pytest.raises(ValueError, match="3 processes"):
+        models.global_batches([0, 1], 16, world=3)
+
+
+@pytest.mark.parametrize("n, world, size", [(3, 2, 8), (17, 2, 8), (16, 2, 8), (7, 3, 2), (5, 1, 2)])
+def test_micro_batch_weights_make_the_ddp_average_the_global_mean(n, world, size):
+    """Each process sums weight * (its micro-batch's mean loss) and DDP averages the sums over processes: that must be
+    the mean over the global batch, per item and per token (items with different token counts), written out directly."""
+    g = torch.Generator().manual_seed(n)
+    loss = torch.randn(n, generator=g, dtype=torch.float64)  # per item: the mean loss over its tokens
+    tokens = torch.randint(1, 30, (n,), generator=g).tolist()
+    batch = list(range(n))
+    per_item, per_token, seen = 0.0, 0.0, []
+    for rank in range(world):
+        for part, w in models.micro_batches(batch, rank, world, size):
+            per_item += w * loss[part].mean().item() / world
+            assert 0 < len(part) <= size
+            seen += part
+        for part, w in models.micro_batches(batch, rank, world, size, weights=tokens):
+            token_mean = sum(loss[i].item() * tokens[i] for i in part) / sum(tokens[i] for i in part)
+            per_token += w * token_mean / world
+    assert sorted(seen) == batch
+    assert per_item == pytest.approx(loss.mean().item(), abs=1e-12)
+    assert per_token == pytest.approx(sum(loss[i].item() * tokens[i] for i in batch) / sum(tokens), abs=1e-12)
+
+
+def test_global_means_without_torchrun_are_plain_means_and_nan_for_nothing():
+    out = models.global_means({"a": [1.0, 2.0, 6.0], "b": [True, False], "c": []})
+    assert out["a"] == 3.0 and out["b"] == 0.5 and math.isnan(out["c"])
