@@ -249,7 +249,7 @@ def sample_logps(model, batches, temperature):
     for ids, am, rm in batches:
         logits = model(input_ids=ids, attention_mask=am, position_ids=models.position_ids_from_mask(am)).logits
         out.append(sequence_logps(logits / temperature, ids, rm)[0])
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0)  # none on a process that had no prompts
 
 
 @torch.no_grad()
@@ -270,16 +270,15 @@ def evaluate(model, ref_model, ref_logps, chosen, rejected, eval_prompts, args, 
         prompts = (eval_prompts * args.eval_samples_per_prompt)[rank::world]
         texts, batches = sample(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
         parts = [task.gold_components(p, t) for p, t in zip(prompts, texts)]
-        ev = {"eval/gold": statistics.mean(sum(c.values()) for c in parts),
-              "eval/states_answer": statistics.mean(c["helpful"] > 0 for c in parts),
-              "eval/correct": statistics.mean(c["truthful"] > 0 for c in parts),
-              "eval/response_length": statistics.mean(len(t.split()) for t in texts)}
+        ev = {"eval/gold": [sum(c.values()) for c in parts], "eval/states_answer": [c["helpful"] > 0 for c in parts],
+              "eval/correct": [c["truthful"] > 0 for c in parts], "eval/response_length": [len(t.split()) for t in texts]}
         if ref_model is not None:
             ref_model.to(device)  # from its CPU copy when the reference log-probs were precomputed
             with autocast:
-                ev["eval/kl"] = (sample_logps(model, batches, args.temperature) - sample_logps(ref_model, batches, args.temperature)).mean().item()
+                kl = sample_logps(model, batches, args.temperature) - sample_logps(ref_model, batches, args.temperature)
+            ev["eval/kl"] = kl.tolist()
             ref_model.to(device if args.reference_on_the_fly else "cpu")
-        out |= models.reduce_mean(ev, weight=len(prompts))
+        out |= models.global_means(ev)  # a process with no share (fewer samples than processes) adds nothing
         out["samples"] = list(zip(prompts[:8], texts[:8]))
     model.train()
     return out
@@ -340,7 +339,7 @@ if __name__ == "__main__":
         if device.type == "cuda":
             torch.cuda.empty_cache()
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
-    num_steps = args.num_epochs * math.ceil(len(train_c) / global_batch)
+    num_steps = args.num_epochs * len(models.global_batches(list(range(len(train_c))), global_batch, world))
     warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
@@ -359,30 +358,31 @@ if __name__ == "__main__":
     for epoch in range(args.num_epochs):
         order = list(range(len(train_c)))
         rng.shuffle(order)  # the same order on every rank
-        for b in range(0, len(order), global_batch):
-            mine = order[b : b + global_batch][rank::world]  # this rank's share of the global batch
-            micro = [mine[i : i + args.per_device_batch_size] for i in range(0, len(mine), args.per_device_batch_size)]
+        for batch in models.global_batches(order, global_batch, world):
+            # this rank's share in micro-batches, each mean loss weighted by its share of the global batch's pairs:
+            # the step is the mean over the global batch however unevenly the batch splits
+            micro = models.micro_batches(batch, rank, world, args.per_device_batch_size)
             optimizer.zero_grad()
             sums = Counter()
-            for k, idx in enumerate(micro):
+            for k, (idx, weight) in enumerate(micro):
                 sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()
                 with sync, autocast:
                     loss, m = pair_batch(ddp_model, ref_model, train_ref, train_c, train_r, idx, args, pad_id, device)
-                    (loss / len(micro)).backward()
-                sums.update({key: v / len(micro) for key, v in m.items()})
-                pairs_seen += len(idx)
+                    (loss * weight).backward()
+                sums.update({key: v * weight for key, v in m.items()})
+            pairs_seen += len(batch)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             step += 1
             bar.update(1)
-            logged = models.reduce_mean(dict(sums))
+            logged = models.reduce_mean(dict(sums))  # the mean over ranks of the weighted sums: the global batch mean
             writer.add_scalar("train/loss", logged.pop("loss"), step)
             for key, v in logged.items():
                 writer.add_scalar(key, v, step)
             writer.add_scalar("charts/grad_norm", grad_norm.item(), step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
-            writer.add_scalar("charts/pairs_per_second", pairs_seen * world / (time.time() - start), step)
+            writer.add_scalar("charts/pairs_per_second", pairs_seen / (time.time() - start), step)
             if step % args.eval_every == 0 or step == num_steps:
                 ev = evaluate(model, ref_model, *eval_args)
                 for key, v in ev.items():
@@ -411,7 +411,7 @@ if __name__ == "__main__":
             summary += f" at KL {after['eval/kl']:.2f} nats" if "eval/kl" in after else ""
             summary += f", correct {before['eval/correct']:.0%} -> {after['eval/correct']:.0%}"
         elapsed = time.time() - start
-        print(summary + f", {elapsed:.0f}s training ({pairs_seen * world / elapsed:.0f} pairs/s) on {world} process(es), saved to {out_dir}")
+        print(summary + f", {elapsed:.0f}s training ({pairs_seen / elapsed:.0f} pairs/s) on {world} process(es), saved to {out_dir}")
     writer.close()
     if world > 1:  # wait for rank 0's save, then all processes leave the group together
         dist.barrier()

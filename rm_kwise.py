@@ -220,15 +220,6 @@ def evaluate(model, eval_ids, pad_id, device, loss_fn, gold=None, lengths=None, 
     return out, scores
 
 
-def split_batches(units, size, world=1):
-    """Consecutive global batches of `size` units; a last batch too small to give each of the `world` ranks a share
-    joins the one before it (nothing is dropped)."""
-    batches = [units[b : b + size] for b in range(0, len(units), size)]
-    if len(batches) > 1 and len(batches[-1]) < world:
-        batches[-2] = batches[-2] + batches.pop()
-    return batches
-
-
 def padded(values, K):
     """(P, K) float tensor of per-prompt lists, zero-padded (read through a mask only)."""
     return torch.tensor([v + [0] * (K - len(v)) for v in values], dtype=torch.float32)
@@ -290,7 +281,7 @@ if __name__ == "__main__":
         say(f"shuffled pairs: {len(units)} pairs from {len(train_ids)} rankings, {per_step} pairs per step")
     else:
         units, per_step = list(range(len(train_ids))), args.prompts_per_batch
-    num_steps = args.num_epochs * len(split_batches(units, per_step, world))
+    num_steps = args.num_epochs * len(models.global_batches(units, per_step, world))
     warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
@@ -314,9 +305,11 @@ if __name__ == "__main__":
     bar = tqdm(total=num_steps, desc=f"rm_kwise {args.loss}" + (" shuffled pairs" if args.shuffle_pairs else ""), disable=rank != 0)
     for epoch in range(args.num_epochs):
         rng.shuffle(units)  # the same order on every rank (same seed)
-        batches = split_batches(units, per_step, world)
+        batches = models.global_batches(units, per_step, world)
         for b, batch in enumerate(batches):
-            mine = batch[rank::world]  # this rank's share of the global batch
+            # this rank's share of the global batch in one pass, its loss weighted so that DDP's average over ranks is
+            # the mean over the global batch's prompts (or pairs)
+            [(mine, weight)] = models.micro_batches(batch, rank, world, len(batch))
             if args.shuffle_pairs:  # each pair its own example: 2 forwards per pair, a (B, 2) "ranking"
                 rankings = [[train_ids[p][i], train_ids[p][j]] for p, i, j in mine]
             else:
@@ -325,8 +318,7 @@ if __name__ == "__main__":
                 scores, mask = score_rankings(ddp_model, rankings, pad_id, device, args.forward_chunk)  # (P, Kmax)
                 loss = loss_fn(scores.float(), mask)  # the mean over this rank's prompts
             optimizer.zero_grad()
-            # weighted so that DDP's average over ranks is the mean over the global batch's prompts
-            (loss * len(mine) * world / len(batch)).backward()
+            (loss * weight).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()

@@ -203,9 +203,9 @@ def test_shuffled_pairs_needs_the_pairwise_loss(tmp_path):
 @pytest.mark.parametrize("layout", [[], ["--loss", "pairwise", "--shuffle-pairs"]], ids=["per-prompt", "shuffled-pairs"])
 def test_two_processes_follow_the_one_process_trajectory(tmp_path, layout):
     """torchrun with 2 processes, each taking half of every global batch of 16 prompts (or of the pairs), logs the
-    same train loss and accuracy at every step as 1 process, within 1e-4; rank 0 alone prints and saves. 50 prompts:
-    the last batch of 2 prompts is split 1 + 1."""
-    flags = ["--num-train-prompts", "50", "--num-epochs", "1", "--eval-every", "1000", "--reference-size", "64", *layout]
+    same train loss and accuracy at every step as 1 process, within 1e-4; rank 0 alone prints and saves. 51 prompts:
+    the last batch of 3 prompts is split 2 + 1, where an unweighted average over ranks is not the batch mean."""
+    flags = ["--num-train-prompts", "51", "--num-epochs", "1", "--eval-every", "1000", "--reference-size", "64", *layout]
     runs = {}
     for nproc in (1, 2):
         cwd = tmp_path / f"nproc{nproc}"
@@ -218,4 +218,4 @@ def test_two_processes_follow_the_one_process_trajectory(tmp_path, layout):
     assert two["loss/train"] == pytest.approx(one["loss/train"], abs=1e-4)
     assert two["rewards/accuracies"] == pytest.approx(one["rewards/accuracies"], abs=1e-4)
     assert two["eval/accuracy"] == pytest.approx(one["eval/accuracy"], abs=1e-4)
-    assert one["loss/train"][-1] != one["loss/train"][0]
+    assert one["eval/accuracy"][-1] > one["eval/accuracy"][0] + 0.1  # it moved (measured: 0.51 -> 0.71 in both layouts)
