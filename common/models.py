@@ -43,11 +43,26 @@ def load_reward_model(name, dtype=torch.float32, trust_remote_code=False):
     )
 
 
+def _is_dropout_rate(name, value):
+    """A dropout-like probability: attention_dropout, hidden_dropout_prob, attn_pdrop, seq_classif_dropout, layerdrop..."""
+    return "drop" in name.lower() and isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def disable_dropout(model):
-    """Dropout off everywhere: RLHF's log-prob ratios and values must not be noisy (N implementation details)."""
+    """Dropout off everywhere: RLHF's log-prob ratios and values must not be noisy (N implementation details).
+    Three places hold it: nn.Dropout modules (GPT-2, encoders); rates that modules keep as plain floats and pass to the
+    attention function (Llama, Qwen2, GPT-NeoX copy config.attention_dropout at init); and the config itself, so that
+    a saved model, and any module built from its config later, has none either."""
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
+        for name, value in list(vars(m).items()):
+            if _is_dropout_rate(name, value):
+                setattr(m, name, 0.0)
+    for config in (model.config, model.config.get_text_config()):  # the same object for a text-only model
+        for name, value in list(vars(config).items()):
+            if _is_dropout_rate(name, value):
+                setattr(config, name, 0.0)
     return model
 
 

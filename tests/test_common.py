@@ -1,5 +1,6 @@
 """The embedded task, the simulated labeler, data validation and the model loaders."""
 
+import copy
 import json
 import math
 import random
@@ -248,6 +249,55 @@ def test_loaders_and_last_token_reward_with_awkward_pad_tokens(tmp_path, pad):
         torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
     lm = models.load_causal_lm(path)
     assert lm.config.vocab_size == len(tok)
+
+
+DROPOUT_FIELDS = ["attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop", "summary_first_dropout",
+                  "classifier_dropout", "seq_classif_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                  "pooler_dropout", "dropout", "qa_dropout"]
+
+
+def tiny_config(arch):
+    """(config, model classes) of a tiny model of each architecture a user brings, every dropout field in it at 0.3."""
+    import transformers as T
+
+    decoder = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=50)
+    encoder = dict(decoder, max_position_embeddings=70)
+    configs = {
+        "gpt2": (T.GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=2), "GPT2LMHeadModel", "GPT2"),
+        "llama": (T.LlamaConfig(num_key_value_heads=1, **decoder), "LlamaForCausalLM", "Llama"),
+        "qwen2": (T.Qwen2Config(num_key_value_heads=1, **decoder), "Qwen2ForCausalLM", "Qwen2"),
+        "gpt_neox": (T.GPTNeoXConfig(**decoder), "GPTNeoXForCausalLM", "GPTNeoX"),
+        "distilbert": (T.DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=2, vocab_size=50), None, "DistilBert"),
+        "deberta-v2": (T.DebertaV2Config(**encoder), None, "DebertaV2"),
+        "roberta": (T.RobertaConfig(**encoder), None, "Roberta"),
+    }
+    config, lm, prefix = configs[arch]
+    set_fields = [f for f in DROPOUT_FIELDS if hasattr(config, f)]
+    for f in set_fields:
+        setattr(config, f, 0.3)
+    config.num_labels, config.pad_token_id, config.bos_token_id, config.eos_token_id = 1, 0, 1, 1
+    classes = [getattr(T, lm)] if lm else []
+    return config, classes + [getattr(T, f"{prefix}ForSequenceClassification")], set_fields
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gpt_neox", "distilbert", "deberta-v2", "roberta"])
+def test_disable_dropout_makes_train_mode_forward_passes_identical(arch, tmp_path):
+    """With every dropout field of the config at 0.3, two forward passes in train mode differ; after disable_dropout
+    they are identical, and so are a reloaded copy's (the saved config has no dropout left). Llama, Qwen2 and GPT-NeoX
+    keep attention_dropout as a float read at init, not as an nn.Dropout: zeroing nn.Dropout alone left them noisy."""
+    config, classes, set_fields = tiny_config(arch)
+    assert set_fields  # the architecture has dropout fields, all set
+    ids = torch.randint(3, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    for cls in classes:
+        torch.manual_seed(0)
+        model = cls(copy.deepcopy(config)).train()  # disable_dropout changes the config it is given
+        assert not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits), cls.__name__  # the check has teeth
+        models.disable_dropout(model)
+        assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits), cls.__name__
+        model.save_pretrained(tmp_path / cls.__name__)
+        reloaded = cls.from_pretrained(tmp_path / cls.__name__).train()
+        assert torch.equal(reloaded(input_ids=ids).logits, reloaded(input_ids=ids).logits), cls.__name__
+        assert all(getattr(reloaded.config, f) == 0.0 for f in set_fields), cls.__name__
 
 
 def test_last_token_index_from_the_mask():
