@@ -80,7 +80,8 @@ class Args:
     kl_coef: float = 0.05
     """beta, the per-token KL penalty coefficient (the initial value when target_kl is set)"""
     kl_estimator: Literal["k1", "k3"] = "k1"
-    """per-token KL estimator: k1 = log(pi/ref) (unbiased, can be negative), k3 = (r - 1) - log r with r = ref/pi (never negative)"""
+    """per-token KL estimator in the reward: k1 = log(pi/ref) (can be negative), k3 = (r - 1) - log r, r = ref/pi (never
+    negative). Both values are unbiased; as a reward only k1 has the KL's gradient (k3: KL(pi||ref) - KL(ref||pi)'s)"""
     kl_clamp: bool = False
     """clamp the per-token KL at 0 (AlpacaFarm)"""
     target_kl: Optional[float] = None
@@ -111,8 +112,9 @@ class Args:
 
 def per_token_kl(logprobs, ref_logprobs, estimator="k1", clamp=False):
     """(B, T) KL(pi || ref) estimate per sampled token, with log r = ref_logprobs - logprobs (Schulman's note):
-    k1 = -log r (unbiased, can be negative), k3 = (exp(log r) - 1) - log r (unbiased, never negative).
-    clamp: max(kl, 0), as AlpacaFarm does with k1."""
+    k1 = -log r (can be negative), k3 = (exp(log r) - 1) - log r (never negative). Both values are unbiased, but as a
+    detached reward only k1 has the KL's expected policy gradient; k3's is that of KL(pi || ref) - KL(ref || pi) (GRPO
+    puts k3 in the loss with its own gradient, where it is unbiased). clamp: max(kl, 0), as AlpacaFarm does with k1."""
     log_ratio = ref_logprobs - logprobs
     kl = -log_ratio if estimator == "k1" else torch.expm1(log_ratio) - log_ratio
     return kl.clamp(min=0.0) if clamp else kl

@@ -40,6 +40,31 @@ def test_k1_k3_by_hand_and_unbiased_by_enumeration():
     assert (ppo_rlhf.per_token_kl(pi, rf, "k3") >= 0).all() and (ppo_rlhf.per_token_kl(pi, rf, "k1") < 0).any()
 
 
+def test_only_k1_as_a_detached_reward_has_the_gradient_of_the_kl():
+    """The penalty enters PPO as a detached per-token reward, so its expected policy gradient is the score function
+    sum_x pi(x) est(x) grad log pi(x), enumerated here exactly over a 6-way pi = softmax(theta). Against the gradient
+    of the exact KL(pi || ref) (autograd through the sum over outcomes): k1 matches; k3, unbiased as a value, has the
+    gradient of KL(pi || ref) - KL(ref || pi) instead."""
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = (2 * torch.randn(6, generator=g, dtype=torch.float64)).log_softmax(0)
+
+    def gradient(f):
+        return torch.autograd.grad(f(theta.log_softmax(0)), theta)[0]
+
+    kl_forward = gradient(lambda lp: (lp.exp() * (lp - ref)).sum())  # KL(pi || ref)
+    kl_reverse = gradient(lambda lp: (ref.exp() * (ref - lp)).sum())  # KL(ref || pi)
+    logp = theta.log_softmax(0)
+    score = {}
+    for est in ("k1", "k3"):
+        reward = ppo_rlhf.per_token_kl(logp.detach(), ref, est)  # a number per outcome, as in the rollout
+        score[est] = sum(logp[x].exp().item() * reward[x].item() * torch.autograd.grad(logp[x], theta, retain_graph=True)[0]
+                         for x in range(6))
+    torch.testing.assert_close(score["k1"], kl_forward, atol=1e-12, rtol=0)
+    torch.testing.assert_close(score["k3"], kl_forward - kl_reverse, atol=1e-12, rtol=0)
+    assert (score["k3"] - kl_forward).abs().max() > 0.1  # 0.44 here (grad KL(ref || pi) = pi - ref): another gradient
+
+
 def test_adaptive_kl_controller_update():
     # Ziegler et al.: e = clip(KL / target - 1, -0.2, 0.2); beta *= 1 + e * n_steps / horizon
     assert ppo_rlhf.adaptive_kl_update(0.1, 6.6, 6.0, 512, 10000) == pytest.approx(0.1 * (1 + 0.1 * 512 / 10000))
