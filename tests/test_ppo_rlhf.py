@@ -287,9 +287,13 @@ def test_end_to_end_reward_model_directory_and_other_architectures(tmp_path, req
 
 def test_two_processes_share_the_rollouts_and_only_rank_0_reports(tmp_path):
     """torchrun with 2 processes: each samples half of every rollout of 16 prompts with its own seed, gradients are
-    averaged by hand, metrics over both; the adaptive beta stays the same on both ranks (else they would diverge)."""
-    out = run_script("ppo_rlhf.py", "--total-episodes", "64", "--rollout-batch-size", "16", "--response-length", "16",
-                     "--num-eval-prompts", "16", "--log-samples-every", "2", "--target-kl", "1.0",
+    averaged by hand, metrics over both; the adaptive beta stays the same on both ranks (else they would diverge).
+    A user's file of 5 train prompts, fewer than a rollout: each rollout makes several passes over them; and 1 eval
+    prompt, fewer than the processes: rank 1 samples none and adds nothing to the evaluation's means."""
+    train, eval_ = data.split_by_prompt([{"prompt": p} for p in task.all_prompts()])
+    task.export_jsonl(train[:5] + eval_[:1], tmp_path / "prompts.jsonl")
+    out = run_script("ppo_rlhf.py", "--dataset", "prompts.jsonl", "--total-episodes", "64", "--rollout-batch-size", "16",
+                     "--response-length", "16", "--log-samples-every", "2", "--target-kl", "1.0",
                      "--output-dir", str(tmp_path / "model"), cwd=tmp_path, nproc=2)
     assert out.count("ppo_rlhf: eval gold") == 1 and "64 episodes" in out and "on 2 process(es)" in out
     assert "weights identical on the 2 processes: True" in out
