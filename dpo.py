@@ -4,10 +4,12 @@ sampling during training (Rafailov et al. 2023), and its variants.
 With c = log pi(y_w|x) - log pi_ref(y_w|x) and r = log pi(y_l|x) - log pi_ref(y_l|x), summed over completion tokens:
     --loss-type sigmoid   -log sigmoid(beta (c - r))                          DPO (Rafailov et al. 2023)
     --loss-type ipo       (c/|y_w| - r/|y_l| - 1/(2 beta))^2                   IPO (Azar et al. 2023)
-    --loss-type hinge     relu(1 - beta (c - r))                              SLiC-HF (Zhao et al. 2023)
+    --loss-type hinge     relu(1 - beta (c - r))                              SLiC-HF (Zhao et al. 2023) as TRL writes it:
+                          with the reference; SLiC-HF's calibration loss, relu(delta - log pi(y_w) + log pi(y_l)), has none
     --label-smoothing e   conservative DPO (Mitchell 2023) or, with --label-smoothing-form robust,
                           robust DPO (Chowdhury et al. 2024): labels flipped with probability e
-    --rpo-alpha a         + a * per-token NLL of y_w (RPO, Pang et al. 2024): keeps chosen likelihoods from falling
+    --rpo-alpha a         + a * per-token NLL of y_w (RPO, Pang et al. 2024): keeps chosen likelihoods from falling;
+                          averaged per sequence, then over pairs (TRL averages over all chosen tokens of the batch)
 The reference is the starting policy. Its log-probs are computed once before training and the reference leaves
 the accelerator; a CPU copy is kept only to measure KL on samples at evaluation (--no-eval-kl drops it).
     python dpo.py                                          # the bundled base policy on the embedded task's pairs
@@ -72,7 +74,7 @@ class Args:
     """where to save the model and tokenizer (default runs/<run_name>/model)"""
 
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
-    """sigmoid (DPO), ipo (per-token averaged log-ratios), hinge (SLiC); see dpo_loss"""
+    """sigmoid (DPO), ipo (per-token averaged log-ratios, also in the logged rewards), hinge (SLiC); see dpo_loss"""
     beta: float = 0.5
     """the KL strength: the inverse temperature of the implicit reward beta * log(pi / pi_ref)"""
     label_smoothing: float = 0.0
@@ -130,9 +132,12 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
                                     (unbiased: its expectation under flips with rate e is the clean loss)
       ipo (Azar et al. eq. 17):     (c / |y_w| - r / |y_l| - 1 / (2 beta))^2   needs chosen_tokens, rejected_tokens:
                                     the log-ratios are averaged per token here, so pass summed log-probs and counts
-      hinge (SLiC-HF):              relu(1 - beta h)
-      rpo_alpha > 0 (RPO):          + rpo_alpha * (-policy_chosen / |y_w|), the per-token NLL of the chosen response
-    The implicit rewards are beta * c and beta * r (summed log-ratios, for every loss type)."""
+      hinge (SLiC-HF, as in TRL):   relu(1 - beta h), normalized by the reference; SLiC-HF's own calibration loss
+                                    relu(delta - log pi(y_w|x) + log pi(y_l|x)) has no reference model
+      rpo_alpha > 0 (RPO):          + rpo_alpha * (-policy_chosen / |y_w|), the per-token NLL of the chosen response,
+                                    a mean per sequence (TRL divides the batch's summed NLL by all its chosen tokens)
+    The implicit rewards are beta * c and beta * r, summed log-ratios; for ipo the per-token averages its loss compares,
+    so that the logged rewards, margins and accuracies are those of what the loss optimizes."""
     c = policy_chosen_logps - ref_chosen_logps
     r = policy_rejected_logps - ref_rejected_logps
     h = c - r
@@ -149,7 +154,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     elif loss_type == "ipo":
         if chosen_tokens is None or rejected_tokens is None:
             raise ValueError("the ipo loss averages log-ratios per token: pass chosen_tokens and rejected_tokens")
-        losses = (c / chosen_tokens - r / rejected_tokens - 1 / (2 * beta)) ** 2
+        c, r = c / chosen_tokens, r / rejected_tokens  # IPO compares per-token averages: so do its rewards below
+        losses = (c - r - 1 / (2 * beta)) ** 2
     elif loss_type == "hinge":
         losses = F.relu(1 - beta * h)
     else:
