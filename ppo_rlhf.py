@@ -102,7 +102,8 @@ class Args:
     vf_coef: float = 0.1
     """value loss coefficient"""
     ptx_coef: float = 0.0
-    """PPO-ptx (InstructGPT): coefficient of the log-likelihood of a minibatch of demonstrations added to the objective (0 = off)"""
+    """PPO-ptx (InstructGPT): coefficient of the log-likelihood of a minibatch of demonstrations added to the objective
+    (0 = off); InstructGPT mixed in pretraining text, this uses the SFT demonstrations (--ptx-dataset)"""
     ptx_dataset: str = "embedded"
     """demonstrations for PPO-ptx: 'embedded' (task.make_sft on the train prompts) or a {"prompt", "completion"} file / hub dataset"""
     log_samples_every: int = 20
