@@ -35,6 +35,17 @@ def test_gold_reward_by_hand():
     assert task.gold_reward("Which is smaller, 12 or 7?", "Sure! 7 is smaller.") == 3.5
 
 
+def test_gold_reward_reads_numbers_of_any_length():
+    """int() refuses strings of more than 4300 digits; a policy can sample one. Numbers compare as digit strings."""
+    huge = "9" * 5000
+    assert task.gold_reward(PROMPT, f"It is {huge}.") == -1.0 + 1.0  # a wrong number, stated
+    assert task.gold_reward(PROMPT, f"It is 12 and {huge}.") == 2.0 + 1.0  # the first number counts
+    assert task.gold_reward(PROMPT, "It is 012.") == 2.0 + 1.0  # leading zeros: still 12
+    assert task.gold_reward("Which is smaller, 0 or 5?", "It is 000.") == 2.0 + 1.0
+    assert task.correct_answer(f"Which is larger, {huge} or 3?") is None  # not one of the task's prompts
+    assert task.gold_reward(f"Which is larger, {huge} or 3?", f"It is {huge}.") == -1.0 + 1.0
+
+
 def test_generator_varies_every_quality():
     rng = random.Random(0)
     comps = [task.gold_components(PROMPT, task.sample_response(rng, PROMPT)) for _ in range(2000)]
