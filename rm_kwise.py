@@ -144,14 +144,17 @@ def agreement(scores, reference, mask):
 
 
 def ranking_metrics(scores, mask):
-    """Against the label order (slot 0 best): pooled pairwise accuracy, top-1 accuracy, and Kendall's tau
-    (tau-a: (concordant - discordant) / C(K,2) per prompt) averaged over prompts."""
+    """Against the label order (slot 0 best): pooled pairwise accuracy, top-1 accuracy (a tie for the top score is
+    shared: 1/n to each of the n tied slots, a random pick's expected accuracy, so constant scores read chance), and
+    Kendall's tau (tau-a: (concordant - discordant) / C(K,2) per prompt) averaged over prompts."""
     label = -torch.arange(mask.shape[1], dtype=scores.dtype, device=scores.device).expand_as(scores)
     pairs = _pairs(mask)
     concordance = torch.sign(scores[:, :, None] - scores[:, None, :]) * pairs  # +1 concordant, -1 discordant
     tau = concordance.sum((1, 2)) / pairs.sum((1, 2))
-    top1 = scores.masked_fill(~mask, -torch.inf).argmax(1) == 0
-    return {"accuracy": agreement(scores, label, mask), "top1_accuracy": top1.float().mean().item(), "kendall_tau": tau.mean().item()}
+    real = scores.masked_fill(~mask, -torch.inf)
+    top = real == real.max(1, keepdim=True).values  # (P, K) the slots tied for the top score
+    top1 = top[:, 0] / top.sum(1)
+    return {"accuracy": agreement(scores, label, mask), "top1_accuracy": top1.mean().item(), "kendall_tau": tau.mean().item()}
 
 
 class LastTokenReward(torch.nn.Module):
@@ -361,9 +364,9 @@ if __name__ == "__main__":
     with torch.no_grad(), autocast:
         ref = score_sequences(model, ref_ids, pad_id, device, args.forward_chunk).float()
     model.config.reward_mean = ref.mean().item()
-    model.config.reward_std = ref.std().item() if args.normalize_std else 1.0
+    model.config.reward_std = ref.std(correction=0).item() if args.normalize_std else 1.0  # population std, as rm_bt.py
     writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
-    writer.add_scalar("eval/reference_reward_std", ref.std().item(), step)
+    writer.add_scalar("eval/reference_reward_std", ref.std(correction=0).item(), step)
 
     out_dir = args.output_dir or os.path.join("runs", run_name, "model")
     model.save_pretrained(out_dir)
