@@ -104,18 +104,32 @@ def test_rankings_pairwise_marginals_match_bradley_terry():
         assert abs(c / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-9
 
 
-def test_ceiling_is_the_accuracy_of_the_true_preference():
-    lab = task.Labeler(temperature=0.5, flip_rate=0.1)
-    rng = random.Random(3)
-    rows, ceilings = [], []
-    for p in task.all_prompts()[:400]:
-        a, b = task.sample_response(rng, p), task.sample_response(rng, p)
-        ceilings.append(lab.ceiling(p, a, b))
-        chosen, _, _ = lab.compare(rng, p, a, b)
-        best = a if lab.perceived(p, a) >= lab.perceived(p, b) else b  # a perfect reward model's pick
-        rows.append(chosen == best)
-    # exact value vs a brute-force Monte Carlo of the perfect model's accuracy (400 labels: 4 sigma ~ 0.05)
-    assert statistics.mean(rows) == pytest.approx(statistics.mean(ceilings), abs=0.05)
+def test_ceiling_is_the_accuracy_of_the_best_guess_of_the_noisy_label():
+    """A perfect reward model can do no better on a pair than always predict the label the labeler gives more often:
+    its accuracy is the frequency of that label. 10000 labels per pair drawn with compare() estimate it (4 standard
+    errors: 0.012 to 0.017), with flips and a length bias, on pairs where a ceiling that ignored either would be off by
+    0.06 or more (checked below: the tolerance tells them apart)."""
+    lab = task.Labeler(temperature=0.5, flip_rate=0.2, length_bias=0.3)
+    pairs = [("Sure! It is 12.", "Obviously. It is 7."),  # far apart, same length: the flips alone cap it at 0.9
+             ("Sure! It is 12.", "It is 12."),  # close: a 0.8 gap in perceived score, 0.3 of it from one more word
+             ("It is 12.", "It is 12. Numbers are a very old invention. People have compared numbers for thousands of years.")]
+    rng, n = random.Random(0), 10000
+
+    def sigmoid(x):
+        return 1 / (1 + math.exp(-x))
+
+    for a, b in pairs:
+        a_wins = sum(lab.compare(rng, PROMPT, a, b)[0] == a for _ in range(n)) / n
+        empirical = max(a_wins, 1 - a_wins)
+        tolerance = 4 * math.sqrt(empirical * (1 - empirical) / n)
+        assert lab.ceiling(PROMPT, a, b) == pytest.approx(empirical, abs=tolerance), (a, b)
+        words = len(a.split()) - len(b.split())
+        perceived = task.gold_reward(PROMPT, a) - task.gold_reward(PROMPT, b) + 0.3 * words
+        no_flips = max(sigmoid(perceived / 0.5), 1 - sigmoid(perceived / 0.5))
+        assert abs(no_flips - empirical) > tolerance, (a, b)
+        gold_only = 0.8 * sigmoid((perceived - 0.3 * words) / 0.5) + 0.1
+        if words:  # the third pair's long response wins on length; on gold alone it would lose
+            assert abs(max(gold_only, 1 - gold_only) - empirical) > tolerance, (a, b)
     assert lab.ceiling(PROMPT, "It is 12.", "It is 12.") == 0.5
     assert task.Labeler(temperature=0.01).ceiling(PROMPT, "Sure! It is 12.", "Obviously. It is 7.") == pytest.approx(1.0)
 
