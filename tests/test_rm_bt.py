@@ -132,7 +132,7 @@ def test_user_jsonl_with_margins_and_any_causal_lm(tmp_path, gpt2_no_pad):
                      "--learning-rate", "3e-3", "--per-device-batch-size", "16", "--output-dir", str(tmp_path / "m"), cwd=tmp_path)
     before, after = _summary(out)
     assert "train pairs:" in out and "gold accuracy" in out and "labeler's ceiling" not in out
-    assert after > before
+    assert after > before + 0.1  # measured: 0.50 -> 0.69
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")
     assert isinstance(model.config.reward_mean, float) and model.config.reward_std == 1.0
 

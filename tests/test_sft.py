@@ -51,7 +51,7 @@ def test_sft_any_causal_lm_on_a_jsonl_file(tmp_path, gpt2_no_pad):
     out = run_script("sft.py", "--model", gpt2_no_pad, "--dataset", str(path), "--num-epochs", "1", "--learning-rate", "3e-3",
                      "--max-new-tokens", "8", "--output-dir", str(tmp_path / "m"), cwd=tmp_path)
     loss0, loss1, _, _ = _summary(out)
-    assert loss1 < loss0
+    assert loss1 < loss0 - 0.2  # measured: 5.25 -> 4.81
     assert "train demonstrations:" in out
     AutoModelForCausalLM.from_pretrained(tmp_path / "m")
 
