@@ -154,7 +154,8 @@ def ranking_metrics(scores, mask):
     real = scores.masked_fill(~mask, -torch.inf)
     top = real == real.max(1, keepdim=True).values  # (P, K) the slots tied for the top score
     top1 = top[:, 0] / top.sum(1)
-    return {"accuracy": agreement(scores, label, mask), "top1_accuracy": top1.mean().item(), "kendall_tau": tau.mean().item()}
+    return {"accuracy": agreement(scores, label, mask), "top1_accuracy": top1.mean().item(),
+            "kendall_tau": tau.mean().item()}
 
 
 class LastTokenReward(torch.nn.Module):

@@ -98,7 +98,7 @@ def evaluate(model, tokenizer, batches, eval_prompts, args, autocast, rank, worl
     model.eval()
     with autocast:
         losses = [sft_loss(model(input_ids=ids, attention_mask=am).logits, ids, cm).item() for ids, am, cm in batches[rank::world]]
-    out = models.global_means({"eval/loss": losses})  # a process with no share (fewer batches than processes) adds nothing
+    out = models.global_means({"eval/loss": losses})  # a process with no batch (fewer than processes) adds nothing
     if eval_prompts:
         prompts = eval_prompts[rank::world]
         responses = models.sample_completions(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
@@ -197,7 +197,7 @@ if __name__ == "__main__":
             scheduler.step()
             step += 1
             bar.update(1)
-            loss_sum = models.reduce_mean({"loss": loss_sum})["loss"]  # the mean over ranks of the weighted sums: the global mean
+            loss_sum = models.reduce_mean({"loss": loss_sum})["loss"]  # the ranks' weighted sums averaged: the global mean
             writer.add_scalar("train/loss", loss_sum, step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/tokens_per_second", tokens * world / (time.time() - start), step)

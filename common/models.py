@@ -44,7 +44,7 @@ def load_reward_model(name, dtype=torch.float32, trust_remote_code=False):
 
 
 def _is_dropout_rate(name, value):
-    """A dropout-like probability: attention_dropout, hidden_dropout_prob, attn_pdrop, seq_classif_dropout, layerdrop..."""
+    """A dropout-like rate: attention_dropout, hidden_dropout_prob, attn_pdrop, seq_classif_dropout, layerdrop..."""
     return "drop" in name.lower() and isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -108,27 +108,30 @@ def setup_distributed(cuda=True):
     return rank, world, device, dtype
 
 
+def sum_over_ranks(numbers):
+    """The element-wise sum of a list of floats over all ranks, in float64 (one all_reduce; the list without torchrun)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(numbers)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor(numbers, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def reduce_mean(values, weight=1.0):
     """Average a dict of floats over all ranks, each rank's values weighted by `weight` (its number of
     examples, so the result is the mean over the global batch). One all_reduce; a no-op without torchrun."""
     if not (dist.is_available() and dist.is_initialized()):
         return dict(values)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([v * weight for v in values.values()] + [weight], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return {k: (t[i] / t[-1]).item() for i, k in enumerate(values)}
+    sums = sum_over_ranks([v * weight for v in values.values()] + [weight])
+    return {k: sums[i] / sums[-1] for i, k in enumerate(values)}
 
 
 def global_means(values):
     """{name: mean over every process's items} from {name: this process's list of per-item values}. A process with no
     items adds nothing (fewer eval prompts than processes); a name with no item anywhere gets NaN. One all_reduce."""
-    sums = [float(sum(v)) for v in values.values()] + [float(len(v)) for v in values.values()]
-    if dist.is_available() and dist.is_initialized():
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        t = torch.tensor(sums, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        sums = t.tolist()
     n = len(values)
+    sums = sum_over_ranks([float(sum(v)) for v in values.values()] + [float(len(v)) for v in values.values()])
     return {k: sums[i] / sums[n + i] if sums[n + i] else math.nan for i, k in enumerate(values)}
 
 

@@ -39,7 +39,8 @@ OFF_TOPIC = ["I like to talk about the weather.", "My favourite colour is blue."
 POLITE_WORDS = {"sure", "happy", "glad", "hope", "please", "thanks"}
 RUDE_WORDS = {"obviously", "silly", "child", "stop", "stupid", "idiot", "dumb"}
 BEST_GOLD = 3.5
-_PROMPT_RE = re.compile(r"Which is (larger|smaller), (\d{1,4000}) or (\d{1,4000})\?")  # numbers int() can read (4300 digits)
+# numbers short enough for int() to read (it refuses more than 4300 digits)
+_PROMPT_RE = re.compile(r"Which is (larger|smaller), (\d{1,4000}) or (\d{1,4000})\?")
 
 
 def all_prompts():
