@@ -124,7 +124,7 @@ def reduce_mean(values, weight=1.0):
     if not (dist.is_available() and dist.is_initialized()):
         return dict(values)
     sums = sum_over_ranks([v * weight for v in values.values()] + [weight])
-    return {k: sums[i] / sums[-1] for i, k in enumerate(values)}
+    return {k: sums[i] / sums[-1] if sums[-1] else math.nan for i, k in enumerate(values)}
 
 
 def global_means(values):
