@@ -287,14 +287,14 @@ def test_two_processes_follow_the_one_process_trajectory(tmp_path):
     has none and adds nothing to the means. Same logged loss and accuracy at every step within 1e-4 (the all-reduce
     sums in another order); only rank 0 logs, saves and prints."""
     flags = ["--num-train-prompts", "51", "--pairs-per-prompt", "1", "--num-epochs", "2", "--num-eval-prompts", "1",
-             "--eval-samples-per-prompt", "1", "--eval-every", "4", "--max-new-tokens", "8", "--learning-rate", "1e-3"]
+             "--eval-samples-per-prompt", "1", "--eval-every", "1000", "--max-new-tokens", "8", "--learning-rate", "1e-3"]
     one, two = one_and_two_processes("dpo.py", flags, tmp_path, "dpo (sigmoid")
     assert len(one["train/loss"]) == len(two["train/loss"]) == 8  # (16, 16, 16, 3) per epoch
     assert two["train/loss"] == pytest.approx(one["train/loss"], abs=1e-4)
     # at the first step the policy is the reference, so every margin is 0 up to rounding: exact ties count 0.5, but a
     # rounding error of either sign decides a pair (0.5 against 0.59 in one CI run). From the second step on it is not noise.
     assert two["rewards/accuracies"][1:] == pytest.approx(one["rewards/accuracies"][1:], abs=1e-4)
-    assert two["eval/loss"] == pytest.approx(one["eval/loss"], abs=1e-4) and len(two["eval/kl"]) == 3  # steps 0, 4, 8
+    assert two["eval/loss"] == pytest.approx(one["eval/loss"], abs=1e-4) and len(two["eval/kl"]) == 2  # steps 0 and 8
     assert one["train/loss"][-1] < one["train/loss"][0] - 0.3  # it moved (measured: 0.693 -> 0.016)
 
 
