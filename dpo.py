@@ -4,10 +4,12 @@ sampling during training (Rafailov et al. 2023), and its variants.
 With c = log pi(y_w|x) - log pi_ref(y_w|x) and r = log pi(y_l|x) - log pi_ref(y_l|x), summed over completion tokens:
     --loss-type sigmoid   -log sigmoid(beta (c - r))                          DPO (Rafailov et al. 2023)
     --loss-type ipo       (c/|y_w| - r/|y_l| - 1/(2 beta))^2                   IPO (Azar et al. 2023)
-    --loss-type hinge     relu(1 - beta (c - r))                              SLiC-HF (Zhao et al. 2023)
+    --loss-type hinge     relu(1 - beta (c - r))                              SLiC-HF (Zhao et al. 2023) as TRL writes it:
+                          with the reference; SLiC-HF's calibration loss, relu(delta - log pi(y_w) + log pi(y_l)), has none
     --label-smoothing e   conservative DPO (Mitchell 2023) or, with --label-smoothing-form robust,
                           robust DPO (Chowdhury et al. 2024): labels flipped with probability e
-    --rpo-alpha a         + a * per-token NLL of y_w (RPO, Pang et al. 2024): keeps chosen likelihoods from falling
+    --rpo-alpha a         + a * per-token NLL of y_w (RPO, Pang et al. 2024): keeps chosen likelihoods from falling;
+                          averaged per sequence, then over pairs (TRL averages over all chosen tokens of the batch)
 The reference is the starting policy. Its log-probs are computed once before training and the reference leaves
 the accelerator; a CPU copy is kept only to measure KL on samples at evaluation (--no-eval-kl drops it).
     python dpo.py                                          # the bundled base policy on the embedded task's pairs
@@ -79,7 +81,7 @@ class Args:
     """where to save the model and tokenizer (default runs/<run_name>/model)"""
 
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
-    """sigmoid (DPO), ipo (per-token averaged log-ratios), hinge (SLiC); see dpo_loss"""
+    """sigmoid (DPO), ipo (per-token averaged log-ratios, also in the logged rewards), hinge (SLiC); see dpo_loss"""
     beta: float = 0.5
     """the KL strength: the inverse temperature of the implicit reward beta * log(pi / pi_ref)"""
     label_smoothing: float = 0.0
@@ -137,9 +139,12 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
                                     (unbiased: its expectation under flips with rate e is the clean loss)
       ipo (Azar et al. eq. 17):     (c / |y_w| - r / |y_l| - 1 / (2 beta))^2   needs chosen_tokens, rejected_tokens:
                                     the log-ratios are averaged per token here, so pass summed log-probs and counts
-      hinge (SLiC-HF):              relu(1 - beta h)
-      rpo_alpha > 0 (RPO):          + rpo_alpha * (-policy_chosen / |y_w|), the per-token NLL of the chosen response
-    The implicit rewards are beta * c and beta * r (summed log-ratios, for every loss type)."""
+      hinge (SLiC-HF, as in TRL):   relu(1 - beta h), normalized by the reference; SLiC-HF's own calibration loss
+                                    relu(delta - log pi(y_w|x) + log pi(y_l|x)) has no reference model
+      rpo_alpha > 0 (RPO):          + rpo_alpha * (-policy_chosen / |y_w|), the per-token NLL of the chosen response,
+                                    a mean per sequence (TRL divides the batch's summed NLL by all its chosen tokens)
+    The implicit rewards are beta * c and beta * r, summed log-ratios; for ipo the per-token averages its loss compares,
+    so that the logged rewards, margins and accuracies are those of what the loss optimizes."""
     c = policy_chosen_logps - ref_chosen_logps
     r = policy_rejected_logps - ref_rejected_logps
     h = c - r
@@ -156,7 +161,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     elif loss_type == "ipo":
         if chosen_tokens is None or rejected_tokens is None:
             raise ValueError("the ipo loss averages log-ratios per token: pass chosen_tokens and rejected_tokens")
-        losses = (c / chosen_tokens - r / rejected_tokens - 1 / (2 * beta)) ** 2
+        c, r = c / chosen_tokens, r / rejected_tokens  # IPO compares per-token averages: so do its rewards below
+        losses = (c - r - 1 / (2 * beta)) ** 2
     elif loss_type == "hinge":
         losses = F.relu(1 - beta * h)
     else:
@@ -259,7 +265,7 @@ def sample_logps(model, batches, temperature):
     for ids, am, rm in batches:
         logits = model(input_ids=ids, attention_mask=am, position_ids=models.position_ids_from_mask(am)).logits
         out.append(sequence_logps(logits / temperature, ids, rm)[0])
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0)  # none on a process that had no prompts
 
 
 @torch.no_grad()
@@ -282,16 +288,15 @@ def evaluate(model, ref_model, ref_logps, chosen, rejected, eval_prompts, eval_q
         queries = (eval_queries * args.eval_samples_per_prompt)[rank::world]
         texts, batches = sample(model, tokenizer, queries, args.max_new_tokens, args.temperature)
         parts = [task.gold_components(p, t) for p, t in zip(prompts, texts)]
-        ev = {"eval/gold": statistics.mean(sum(c.values()) for c in parts),
-              "eval/states_answer": statistics.mean(c["helpful"] > 0 for c in parts),
-              "eval/correct": statistics.mean(c["truthful"] > 0 for c in parts),
-              "eval/response_length": statistics.mean(len(t.split()) for t in texts)}
+        ev = {"eval/gold": [sum(c.values()) for c in parts], "eval/states_answer": [c["helpful"] > 0 for c in parts],
+              "eval/correct": [c["truthful"] > 0 for c in parts], "eval/response_length": [len(t.split()) for t in texts]}
         if ref_model is not None:
             ref_model.to(device)  # from its CPU copy when the reference log-probs were precomputed
             with autocast:
-                ev["eval/kl"] = (sample_logps(model, batches, args.temperature) - sample_logps(ref_model, batches, args.temperature)).mean().item()
+                kl = sample_logps(model, batches, args.temperature) - sample_logps(ref_model, batches, args.temperature)
+            ev["eval/kl"] = kl.tolist()
             ref_model.to(device if args.reference_on_the_fly else "cpu")
-        out |= models.reduce_mean(ev, weight=len(prompts))
+        out |= models.global_means(ev)  # a process with no share (fewer samples than processes) adds nothing
         out["samples"] = list(zip(prompts[:8], texts[:8]))
     model.train()
     return out
@@ -362,7 +367,7 @@ if __name__ == "__main__":
         if device.type == "cuda":
             torch.cuda.empty_cache()
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
-    num_steps = args.num_epochs * math.ceil(len(train_c) / global_batch)
+    num_steps = args.num_epochs * len(models.global_batches(list(range(len(train_c))), global_batch, world))
     warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
@@ -381,30 +386,31 @@ if __name__ == "__main__":
     for epoch in range(args.num_epochs):
         order = list(range(len(train_c)))
         rng.shuffle(order)  # the same order on every rank
-        for b in range(0, len(order), global_batch):
-            mine = order[b : b + global_batch][rank::world]  # this rank's share of the global batch
-            micro = [mine[i : i + args.per_device_batch_size] for i in range(0, len(mine), args.per_device_batch_size)]
+        for batch in models.global_batches(order, global_batch, world):
+            # this rank's share in micro-batches, each mean loss weighted by its share of the global batch's pairs:
+            # the step is the mean over the global batch however unevenly the batch splits
+            micro = models.micro_batches(batch, rank, world, args.per_device_batch_size)
             optimizer.zero_grad()
             sums = Counter()
-            for k, idx in enumerate(micro):
+            for k, (idx, weight) in enumerate(micro):
                 sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()
                 with sync, autocast:
                     loss, m = pair_batch(ddp_model, ref_model, train_ref, train_c, train_r, idx, args, pad_id, device)
-                    (loss / len(micro)).backward()
-                sums.update({key: v / len(micro) for key, v in m.items()})
-                pairs_seen += len(idx)
+                    (loss * weight).backward()
+                sums.update({key: v * weight for key, v in m.items()})
+            pairs_seen += len(batch)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             step += 1
             bar.update(1)
-            logged = models.reduce_mean(dict(sums))
+            logged = models.reduce_mean(dict(sums))  # the mean over ranks of the weighted sums: the global batch mean
             writer.add_scalar("train/loss", logged.pop("loss"), step)
             for key, v in logged.items():
                 writer.add_scalar(key, v, step)
             writer.add_scalar("charts/grad_norm", grad_norm.item(), step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
-            writer.add_scalar("charts/pairs_per_second", pairs_seen * world / (time.time() - start), step)
+            writer.add_scalar("charts/pairs_per_second", pairs_seen / (time.time() - start), step)
             if step % args.eval_every == 0 or step == num_steps:
                 ev = evaluate(model, ref_model, *eval_args)
                 for key, v in ev.items():
@@ -433,7 +439,7 @@ if __name__ == "__main__":
             summary += f" at KL {after['eval/kl']:.2f} nats" if "eval/kl" in after else ""
             summary += f", correct {before['eval/correct']:.0%} -> {after['eval/correct']:.0%}"
         elapsed = time.time() - start
-        print(summary + f", {elapsed:.0f}s training ({pairs_seen * world / elapsed:.0f} pairs/s) on {world} process(es), saved to {out_dir}")
+        print(summary + f", {elapsed:.0f}s training ({pairs_seen / elapsed:.0f} pairs/s) on {world} process(es), saved to {out_dir}")
     writer.close()
     if world > 1:  # wait for rank 0's save, then all processes leave the group together
         dist.barrier()

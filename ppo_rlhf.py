@@ -11,6 +11,7 @@ details of RLHF with PPO" (Huang et al.): each detail is a commented line below.
 """
 
 import copy
+import math
 import os
 import random
 import time
@@ -89,7 +90,8 @@ class Args:
     kl_coef: float = 0.05
     """beta, the per-token KL penalty coefficient (the initial value when target_kl is set)"""
     kl_estimator: Literal["k1", "k3"] = "k1"
-    """per-token KL estimator: k1 = log(pi/ref) (unbiased, can be negative), k3 = (r - 1) - log r with r = ref/pi (never negative)"""
+    """per-token KL estimator in the reward: k1 = log(pi/ref) (can be negative), k3 = (r - 1) - log r, r = ref/pi (never
+    negative). Both values are unbiased; as a reward only k1 has the KL's gradient (k3: KL(pi||ref) - KL(ref||pi)'s)"""
     kl_clamp: bool = False
     """clamp the per-token KL at 0 (AlpacaFarm)"""
     target_kl: Optional[float] = None
@@ -109,7 +111,8 @@ class Args:
     vf_coef: float = 0.1
     """value loss coefficient"""
     ptx_coef: float = 0.0
-    """PPO-ptx (InstructGPT): coefficient of the log-likelihood of a minibatch of demonstrations added to the objective (0 = off)"""
+    """PPO-ptx (InstructGPT): coefficient of the log-likelihood of a minibatch of demonstrations added to the objective
+    (0 = off); InstructGPT mixed in pretraining text, this uses the SFT demonstrations (--ptx-dataset)"""
     ptx_dataset: str = "embedded"
     """demonstrations for PPO-ptx: 'embedded' (task.make_sft on the train prompts) or a {"prompt", "completion"} file / hub dataset"""
     log_samples_every: int = 20
@@ -120,8 +123,9 @@ class Args:
 
 def per_token_kl(logprobs, ref_logprobs, estimator="k1", clamp=False):
     """(B, T) KL(pi || ref) estimate per sampled token, with log r = ref_logprobs - logprobs (Schulman's note):
-    k1 = -log r (unbiased, can be negative), k3 = (exp(log r) - 1) - log r (unbiased, never negative).
-    clamp: max(kl, 0), as AlpacaFarm does with k1."""
+    k1 = -log r (can be negative), k3 = (exp(log r) - 1) - log r (never negative). Both values are unbiased, but as a
+    detached reward only k1 has the KL's expected policy gradient; k3's is that of KL(pi || ref) - KL(ref || pi) (GRPO
+    puts k3 in the loss with its own gradient, where it is unbiased). clamp: max(kl, 0), as AlpacaFarm does with k1."""
     log_ratio = ref_logprobs - logprobs
     kl = -log_ratio if estimator == "k1" else torch.expm1(log_ratio) - log_ratio
     return kl.clamp(min=0.0) if clamp else kl
@@ -266,10 +270,9 @@ def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temper
                 with_eos=with_eos, logprobs=logprobs, ref_logprobs=ref_logprobs, texts=texts)
 
 
-def gold_of(prompts, texts):
-    """Mean gold reward over the task's prompts (None when no prompt is one of the task's)."""
-    golds = [task.gold_reward(p, t) for p, t in zip(prompts, texts) if isinstance(p, str) and task.correct_answer(p) is not None]
-    return sum(golds) / len(golds) if golds else None
+def golds_of(prompts, texts):
+    """The gold rewards of the responses to the task's prompts (other prompts have none)."""
+    return [task.gold_reward(p, t) for p, t in zip(prompts, texts) if isinstance(p, str) and task.correct_answer(p) is not None]
 
 
 if __name__ == "__main__":
@@ -349,11 +352,11 @@ if __name__ == "__main__":
     num_updates = args.total_episodes // args.rollout_batch_size
     local_batch = args.rollout_batch_size // world  # this process's share of each rollout
     minibatch_size = local_batch // args.num_mini_batches
+    assert train_prompts, "no train prompts: every prompt of the dataset went to its eval split"
     assert num_updates >= 1 and minibatch_size >= 1 and args.rollout_batch_size % world == 0, "need total_episodes >= rollout_batch_size >= num_mini_batches x processes"
 
-    def evaluate():
-        """Responses sampled for the held-out prompts (each process its share): mean gold, mean score, sequence KL to
-        the reference (k1, nats), averaged over all of them."""
+    def evaluate(episodes):
+        """Samples on the held-out prompts, a share per process (perhaps none): means of score, gold, sequence KL (k1)."""
         prompts, queries = eval_prompts[rank::world], eval_queries[rank::world]
         scores, kls, texts, B = [], [], [], args.rollout_batch_size
         for i in range(0, len(queries), B):
@@ -362,17 +365,14 @@ if __name__ == "__main__":
                 scores += scoring.score(reward, prompts[i : i + B], r["texts"], r["with_eos"], r["seq"], r["mask"]).tolist()
             kls += ((r["logprobs"] - r["ref_logprobs"]) * r["resp_mask"]).sum(1).tolist()
             texts += r["texts"]
-        gold = gold_of(prompts, texts)
-        out = models.reduce_mean({"score": sum(scores) / len(scores), "kl": sum(kls) / len(kls), "gold": gold or 0.0}, weight=len(prompts))
-        return out | {"gold": out["gold"] if gold is not None else None, "samples": list(zip(prompts[:8], texts[:8], scores[:8]))}
+        out = models.global_means({"score": scores, "kl": kls, "gold": golds_of(prompts, texts)})  # NaN: no gold anywhere
+        for k, v in out.items():
+            if not math.isnan(v):
+                writer.add_scalar(f"eval/{k}", v, episodes)
+        gold = None if math.isnan(out["gold"]) else out["gold"]
+        return out | {"gold": gold, "samples": list(zip(prompts[:8], texts[:8], scores[:8]))}
 
-    def log_eval(ev, episodes):
-        for k in ("score", "kl", "gold"):
-            if ev[k] is not None:
-                writer.add_scalar(f"eval/{k}", ev[k], episodes)
-
-    before = evaluate()
-    log_eval(before, 0)  # step 0: the curves start at the base policy
+    before = evaluate(0)  # step 0: the curves start at the base policy
     say(f"before training: eval score {before['score']:.3f}" + (f", gold {before['gold']:.3f}" if before["gold"] is not None else ""))
     rng = random.Random(args.seed)
     order, beta, episodes, start = [], args.kl_coef, 0, time.time()
@@ -381,7 +381,7 @@ if __name__ == "__main__":
         lr = args.learning_rate * (1.0 - (update - 1) / num_updates)  # linear LR decay
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if len(order) < args.rollout_batch_size:  # a new pass over the train prompts, reshuffled
+        while len(order) < args.rollout_batch_size:  # passes over the train prompts, each reshuffled, as many as it takes
             order += rng.sample(range(len(train_prompts)), len(train_prompts))
         idx, order = order[: args.rollout_batch_size][rank::world], order[args.rollout_batch_size :]  # this process's share
         prompts = [train_prompts[i] for i in idx]
@@ -392,7 +392,7 @@ if __name__ == "__main__":
             seq, mask, L, resp_mask = r["seq"], r["mask"], r["context_length"], r["resp_mask"]
             values = values_of(seq, mask, L) * resp_mask
             scores = scoring.score(reward, prompts, r["texts"], r["with_eos"], seq, mask, rm_counts).to(device)
-        gold = gold_of(prompts, r["texts"])
+        golds = golds_of(prompts, r["texts"])
         scores = scores - args.missing_eos_penalty * (~r["stopped"]).float()  # a response that never stopped is penalized
 
         # 2. Rewards and advantages: per-token KL penalty, the score on the last token, GAE
@@ -442,15 +442,14 @@ if __name__ == "__main__":
             "val/num_eos_tokens": r["stopped"].sum().item() * world,  # a count: x world, since averaged below
             "val/response_length": resp_mask.sum(1).mean().item(),
             "charts/learning_rate": lr, "charts/SPS": episodes / (time.time() - start),
-        } | ({"objective/gold": gold} if gold is not None else {}) | ({"loss/ptx_avg": avg["ptx"]} if "ptx" in avg else {})
+        } | ({"objective/gold": sum(golds) / len(golds)} if golds else {}) | ({"loss/ptx_avg": avg["ptx"]} if "ptx" in avg else {})
         scalars = models.reduce_mean(scalars)  # averaged over processes (equal shares), so beta below moves the same everywhere
         for k, v in scalars.items():
             writer.add_scalar(k, v, episodes)
         if args.target_kl is not None:
             beta = adaptive_kl_update(beta, scalars["objective/kl"], args.target_kl, args.rollout_batch_size, args.kl_horizon)
         if update % args.log_samples_every == 0 or update == num_updates:
-            after = evaluate()
-            log_eval(after, episodes)
+            after = evaluate(episodes)
             rows = "\n".join(f"|{p}|{t}|{s:.2f}|" for p, t, s in after["samples"])
             writer.add_text("samples", f"|prompt|response|score|\n|-|-|-|\n{rows}", episodes)
 

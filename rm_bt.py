@@ -162,22 +162,13 @@ def score_pairs(model, pairs, pad_id, device):
     return r[: len(pairs)], r[len(pairs) :]
 
 
-def split_batches(order, size, world=1):
-    """Consecutive global batches of `size` items; a last batch too small to give each of the `world` ranks a share
-    joins the one before it (nothing is dropped)."""
-    batches = [order[b : b + size] for b in range(0, len(order), size)]
-    if len(batches) > 1 and len(batches[-1]) < world:
-        batches[-2] = batches[-2] + batches.pop()
-    return batches
-
-
 def length_grouped_batches(lengths, batch_size, rng, world=1, group=64):
     """Index batches in random order, each holding items of similar length: shuffle, sort each run of `group`
     batches' worth of items by length, cut it into batches, shuffle all batches (HF's group_by_length, simplified)."""
     order = rng.sample(range(len(lengths)), len(lengths))
     span = batch_size * group
     order = [i for s in range(0, len(order), span) for i in sorted(order[s : s + span], key=lambda i: lengths[i])]
-    batches = split_batches(order, batch_size, world)
+    batches = models.global_batches(order, batch_size, world)
     rng.shuffle(batches)
     return batches
 
@@ -217,9 +208,12 @@ def evaluate(model, pairs, pad_id, device, args, gold_sign=None, chunk=128, rank
     response length in words (Singhal et al. 2023); with gold_sign (+1, -1, or 0 for a tie; (N,)) the accuracy
     against the gold preference, gold ties left out. Each rank scores its share; all ranks get the same numbers."""
     model.eval()
-    mine = pairs[rank::world]
-    rc, rr = map(torch.cat, zip(*[score_pairs(model, mine[i : i + chunk], pad_id, device) for i in range(0, len(mine), chunk)]))
-    rc, rr = gather_in_order(rc.float(), rank, world), gather_in_order(rr.float(), rank, world)
+    mine = pairs[rank::world]  # may be empty (fewer eval pairs than ranks)
+    rc, rr = torch.zeros(0, device=device), torch.zeros(0, device=device)
+    for i in range(0, len(mine), chunk):
+        rc_i, rr_i = score_pairs(model, mine[i : i + chunk], pad_id, device)
+        rc, rr = torch.cat([rc, rc_i.float()]), torch.cat([rr, rr_i.float()])
+    rc, rr = gather_in_order(rc, rank, world), gather_in_order(rr, rank, world)
     model.train()
     m = torch.tensor([p["margin"] for p in pairs], device=rc.device) if args.margin else None
     rewards = torch.cat([rc, rr])
@@ -305,7 +299,7 @@ if __name__ == "__main__":
         say(f"labeler's ceiling on the {len(eval_rows)} eval pairs: {ceiling:.3f}")
 
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
-    num_steps = args.num_epochs * len(split_batches(list(range(len(train))), global_batch, world))
+    num_steps = args.num_epochs * len(models.global_batches(list(range(len(train))), global_batch, world))
     warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
@@ -330,21 +324,21 @@ if __name__ == "__main__":
         if args.group_by_length:
             batches = length_grouped_batches([max(len(p["chosen"]), len(p["rejected"])) for p in train], global_batch, rng, world)
         else:
-            batches = split_batches(rng.sample(range(len(train)), len(train)), global_batch, world)
+            batches = models.global_batches(rng.sample(range(len(train)), len(train)), global_batch, world)
         for i, idx in enumerate(batches):
             mine = idx[rank::world]
-            micro = [mine[k : k + args.per_device_batch_size] for k in range(0, len(mine), args.per_device_batch_size)]
+            # micro-batches weighted so that DDP's average over ranks of their summed gradients is the global batch mean
+            micro = models.micro_batches(idx, rank, world, args.per_device_batch_size)
             optimizer.zero_grad()
             rcs, rrs = [], []
-            for k, part in enumerate(micro):
+            for k, (part, weight) in enumerate(micro):
                 batch = [train[j] for j in part]
                 m = torch.tensor([p["margin"] for p in batch], device=device) if args.margin else None
                 sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()  # all-reduce once, after the last
                 with sync, autocast:
                     rc, rr = score_pairs(ddp_model, batch, pad_id, device)  # (b,), (b,)
                     loss = bradley_terry_loss(rc, rr, m, args.center_coef)
-                    # weighted so that DDP's average over ranks of the summed micro-batch gradients is the global batch mean
-                    (loss * len(part) * world / len(idx)).backward()
+                    (loss * weight).backward()
                 rcs.append(rc.detach().float())
                 rrs.append(rr.detach().float())
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -151,14 +151,18 @@ def agreement(scores, reference, mask):
 
 
 def ranking_metrics(scores, mask):
-    """Against the label order (slot 0 best): pooled pairwise accuracy, top-1 accuracy, and Kendall's tau
-    (tau-a: (concordant - discordant) / C(K,2) per prompt) averaged over prompts."""
+    """Against the label order (slot 0 best): pooled pairwise accuracy, top-1 accuracy (a tie for the top score is
+    shared: 1/n to each of the n tied slots, a random pick's expected accuracy, so constant scores read chance), and
+    Kendall's tau (tau-a: (concordant - discordant) / C(K,2) per prompt) averaged over prompts."""
     label = -torch.arange(mask.shape[1], dtype=scores.dtype, device=scores.device).expand_as(scores)
     pairs = _pairs(mask)
     concordance = torch.sign(scores[:, :, None] - scores[:, None, :]) * pairs  # +1 concordant, -1 discordant
     tau = concordance.sum((1, 2)) / pairs.sum((1, 2))
-    top1 = scores.masked_fill(~mask, -torch.inf).argmax(1) == 0
-    return {"accuracy": agreement(scores, label, mask), "top1_accuracy": top1.float().mean().item(), "kendall_tau": tau.mean().item()}
+    real = scores.masked_fill(~mask, -torch.inf)
+    top = real == real.max(1, keepdim=True).values  # (P, K) the slots tied for the top score
+    top1 = top[:, 0] / top.sum(1)
+    return {"accuracy": agreement(scores, label, mask), "top1_accuracy": top1.mean().item(),
+            "kendall_tau": tau.mean().item()}
 
 
 class LastTokenReward(torch.nn.Module):
@@ -225,15 +229,6 @@ def evaluate(model, eval_ids, pad_id, device, loss_fn, gold=None, lengths=None, 
         out["reward_length_corr"] = torch.corrcoef(torch.stack([r, n]))[0, 1].item()
     out["reward_mean"], out["reward_std"] = scores[mask].mean().item(), scores[mask].std().item()
     return out, scores
-
-
-def split_batches(units, size, world=1):
-    """Consecutive global batches of `size` units; a last batch too small to give each of the `world` ranks a share
-    joins the one before it (nothing is dropped)."""
-    batches = [units[b : b + size] for b in range(0, len(units), size)]
-    if len(batches) > 1 and len(batches[-1]) < world:
-        batches[-2] = batches[-2] + batches.pop()
-    return batches
 
 
 def padded(values, K):
@@ -311,7 +306,7 @@ if __name__ == "__main__":
         say(f"shuffled pairs: {len(units)} pairs from {len(train_ids)} rankings, {per_step} pairs per step")
     else:
         units, per_step = list(range(len(train_ids))), args.prompts_per_batch
-    num_steps = args.num_epochs * len(split_batches(units, per_step, world))
+    num_steps = args.num_epochs * len(models.global_batches(units, per_step, world))
     warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
@@ -335,9 +330,11 @@ if __name__ == "__main__":
     bar = tqdm(total=num_steps, desc=f"rm_kwise {args.loss}" + (" shuffled pairs" if args.shuffle_pairs else ""), disable=rank != 0)
     for epoch in range(args.num_epochs):
         rng.shuffle(units)  # the same order on every rank (same seed)
-        batches = split_batches(units, per_step, world)
+        batches = models.global_batches(units, per_step, world)
         for b, batch in enumerate(batches):
-            mine = batch[rank::world]  # this rank's share of the global batch
+            # this rank's share of the global batch in one pass, its loss weighted so that DDP's average over ranks is
+            # the mean over the global batch's prompts (or pairs)
+            [(mine, weight)] = models.micro_batches(batch, rank, world, len(batch))
             if args.shuffle_pairs:  # each pair its own example: 2 forwards per pair, a (B, 2) "ranking"
                 rankings = [[train_ids[p][i], train_ids[p][j]] for p, i, j in mine]
             else:
@@ -346,8 +343,7 @@ if __name__ == "__main__":
                 scores, mask = score_rankings(ddp_model, rankings, pad_id, device, args.forward_chunk)  # (P, Kmax)
                 loss = loss_fn(scores.float(), mask)  # the mean over this rank's prompts
             optimizer.zero_grad()
-            # weighted so that DDP's average over ranks is the mean over the global batch's prompts
-            (loss * len(mine) * world / len(batch)).backward()
+            (loss * weight).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
@@ -383,9 +379,9 @@ if __name__ == "__main__":
     with torch.no_grad(), autocast:
         ref = score_sequences(model, ref_ids, pad_id, device, args.forward_chunk).float()
     model.config.reward_mean = ref.mean().item()
-    model.config.reward_std = ref.std().item() if args.normalize_std else 1.0
+    model.config.reward_std = ref.std(correction=0).item() if args.normalize_std else 1.0  # population std, as rm_bt.py
     writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
-    writer.add_scalar("eval/reference_reward_std", ref.std().item(), step)
+    writer.add_scalar("eval/reference_reward_std", ref.std(correction=0).item(), step)
 
     out_dir = args.output_dir or os.path.join("runs", run_name, "model")
     model.save_pretrained(out_dir)

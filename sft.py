@@ -11,7 +11,6 @@ With the defaults it trains the embedded task's small base policy from scratch o
 import math
 import os
 import random
-import statistics
 import time
 from collections import Counter
 from contextlib import nullcontext
@@ -105,16 +104,16 @@ def evaluate(model, tokenizer, batches, eval_prompts, eval_queries, args, autoca
     model.eval()
     with autocast:
         losses = [sft_loss(model(input_ids=ids, attention_mask=am).logits, ids, cm).item() for ids, am, cm in batches[rank::world]]
-    out = models.reduce_mean({"eval/loss": statistics.mean(losses) if losses else 0.0}, weight=len(losses))
+    out = models.global_means({"eval/loss": losses})  # a process with no batch (fewer than processes) adds nothing
     if eval_prompts:
         prompts = eval_prompts[rank::world]
         responses = models.sample_completions(model, tokenizer, eval_queries[rank::world], args.max_new_tokens, args.temperature)
         parts = [task.gold_components(p, r) for p, r in zip(prompts, responses)]
-        out |= models.reduce_mean({
-            "eval/gold": statistics.mean(sum(c.values()) for c in parts),
-            "eval/states_answer": statistics.mean(c["helpful"] > 0 for c in parts),
-            "eval/correct": statistics.mean(c["truthful"] > 0 for c in parts),
-        }, weight=len(prompts))
+        out |= models.global_means({
+            "eval/gold": [sum(c.values()) for c in parts],
+            "eval/states_answer": [c["helpful"] > 0 for c in parts],
+            "eval/correct": [c["truthful"] > 0 for c in parts],
+        })
         out["samples"] = list(zip(prompts[:8], responses[:8]))
     model.train()
     return out
@@ -177,8 +176,8 @@ if __name__ == "__main__":
     if rank == 0 and eval_prompts:
         data.report(counts, "eval prompts for sampling")
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
-    steps_per_epoch = math.ceil(len(train) / global_batch)
-    num_steps = args.num_epochs * steps_per_epoch
+    num_steps = args.num_epochs * len(models.global_batches(list(range(len(train))), global_batch, world))
+    targets = [sum(mask[1:]) for _, mask in train]  # tokens each demonstration adds to the loss (the first is never one)
     warmup = int(args.warmup_ratio * num_steps)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
@@ -194,26 +193,28 @@ if __name__ == "__main__":
     for epoch in range(args.num_epochs):
         order = list(range(len(train)))
         rng.shuffle(order)  # the same order on every rank
-        for b in range(0, len(order), global_batch):
-            mine = order[b : b + global_batch][rank::world]  # this rank's share of the global batch
-            micro = [mine[i : i + args.per_device_batch_size] for i in range(0, len(mine), args.per_device_batch_size)]
+        for batch in models.global_batches(order, global_batch, world):
+            # this rank's share in micro-batches, each loss weighted by its share of the global batch's target tokens:
+            # the step is the token mean over the global batch however unevenly the batch splits
+            micro = models.micro_batches(batch, rank, world, args.per_device_batch_size, targets)
             optimizer.zero_grad()
             loss_sum = 0.0
-            for k, idx in enumerate(micro):
+            for k, (idx, weight) in enumerate(micro):
                 ids, am, cm = collate([train[i] for i in idx], tokenizer.pad_token_id, device)
                 # gradients are all-reduced only on the last micro-batch of the step
                 sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()
                 with sync, autocast:
                     loss = sft_loss(ddp_model(input_ids=ids, attention_mask=am).logits, ids, cm)
-                    (loss / len(micro)).backward()
-                loss_sum += loss.item() / len(micro)
+                    (loss * weight).backward()
+                loss_sum += loss.item() * weight
                 tokens += int(am.sum())
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             step += 1
             bar.update(1)
-            writer.add_scalar("train/loss", models.reduce_mean({"loss": loss_sum})["loss"], step)
+            loss_sum = models.reduce_mean({"loss": loss_sum})["loss"]  # the ranks' weighted sums averaged: the global mean
+            writer.add_scalar("train/loss", loss_sum, step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/tokens_per_second", tokens * world / (time.time() - start), step)
             if step % args.eval_every == 0 or step == num_steps:

@@ -1,5 +1,6 @@
 """Loading models and tokenizers, devices and torchrun, seeding, run directories, and reading a scalar reward."""
 
+import math
 import os
 import random
 import time
@@ -51,11 +52,26 @@ def load_reward_model(name, dtype=torch.float32, trust_remote_code=False, num_la
     )
 
 
+def _is_dropout_rate(name, value):
+    """A dropout-like rate: attention_dropout, hidden_dropout_prob, attn_pdrop, seq_classif_dropout, layerdrop..."""
+    return "drop" in name.lower() and isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def disable_dropout(model):
-    """Dropout off everywhere: RLHF's log-prob ratios and values must not be noisy (N implementation details)."""
+    """Dropout off everywhere: RLHF's log-prob ratios and values must not be noisy (N implementation details).
+    Three places hold it: nn.Dropout modules (GPT-2, encoders); rates that modules keep as plain floats and pass to the
+    attention function (Llama, Qwen2, GPT-NeoX copy config.attention_dropout at init); and the config itself, so that
+    a saved model, and any module built from its config later, has none either."""
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
+        for name, value in list(vars(m).items()):
+            if _is_dropout_rate(name, value):
+                setattr(m, name, 0.0)
+    for config in (model.config, model.config.get_text_config()):  # the same object for a text-only model
+        for name, value in list(vars(config).items()):
+            if _is_dropout_rate(name, value):
+                setattr(config, name, 0.0)
     return model
 
 
@@ -134,15 +150,55 @@ def setup_distributed(cuda=True):
     return rank, world, device, dtype
 
 
+def sum_over_ranks(numbers):
+    """The element-wise sum of a list of floats over all ranks, in float64 (one all_reduce; the list without torchrun)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(numbers)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor(numbers, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def reduce_mean(values, weight=1.0):
     """Average a dict of floats over all ranks, each rank's values weighted by `weight` (its number of
     examples, so the result is the mean over the global batch). One all_reduce; a no-op without torchrun."""
     if not (dist.is_available() and dist.is_initialized()):
         return dict(values)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([v * weight for v in values.values()] + [weight], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return {k: (t[i] / t[-1]).item() for i, k in enumerate(values)}
+    sums = sum_over_ranks([v * weight for v in values.values()] + [weight])
+    return {k: sums[i] / sums[-1] if sums[-1] else math.nan for i, k in enumerate(values)}
+
+
+def global_means(values):
+    """{name: mean over every process's items} from {name: this process's list of per-item values}. A process with no
+    items adds nothing (fewer eval prompts than processes); a name with no item anywhere gets NaN. One all_reduce."""
+    n = len(values)
+    sums = sum_over_ranks([float(sum(v)) for v in values.values()] + [float(len(v)) for v in values.values()])
+    return {k: sums[i] / sums[n + i] if sums[n + i] else math.nan for i, k in enumerate(values)}
+
+
+def global_batches(order, size, world=1):
+    """Consecutive global batches of `size` items; a last batch too small to give each of the `world` processes an
+    item joins the one before it, so nothing is dropped and no process is left without a backward pass (with gloo
+    that is a collective mismatch, with NCCL a hang)."""
+    if len(order) < world:
+        raise ValueError(f"{len(order)} training examples cannot give each of {world} processes one")
+    batches = [order[b : b + size] for b in range(0, len(order), size)]
+    if len(batches) > 1 and len(batches[-1]) < world:
+        last = batches.pop()  # popped first: `batches[-2] = batches[-2] + batches.pop()` would overwrite the wrong batch
+        batches[-1] = batches[-1] + last
+    return batches
+
+
+def micro_batches(batch, rank, world, size, weights=None):
+    """[(items, loss_weight)]: this process's share of a global batch (items rank, rank + world, ...) cut into
+    micro-batches of at most `size`. The loss weight is the micro-batch's share of the global batch, counted in items
+    (or in weights[item], e.g. tokens), times world: the weighted mean losses summed over micro-batches, then averaged
+    over processes by DDP, are the mean over the global batch however unevenly it splits."""
+    def total(items):
+        return sum(weights[i] for i in items) if weights is not None else len(items)
+    mine = batch[rank::world]
+    return [(mine[i : i + size], total(mine[i : i + size]) * world / total(batch)) for i in range(0, len(mine), size)]
 
 
 def quiet(*args, **kwargs):

@@ -39,7 +39,8 @@ OFF_TOPIC = ["I like to talk about the weather.", "My favourite colour is blue."
 POLITE_WORDS = {"sure", "happy", "glad", "hope", "please", "thanks"}
 RUDE_WORDS = {"obviously", "silly", "child", "stop", "stupid", "idiot", "dumb"}
 BEST_GOLD = 3.5
-_PROMPT_RE = re.compile(r"Which is (larger|smaller), (\d+) or (\d+)\?")
+# numbers short enough for int() to read (it refuses more than 4300 digits)
+_PROMPT_RE = re.compile(r"Which is (larger|smaller), (\d{1,4000}) or (\d{1,4000})\?")
 
 
 def all_prompts():
@@ -56,7 +57,8 @@ def split_prompts(eval_frac=0.1, seed=0):
 
 
 def correct_answer(prompt):
-    """The correct number for a task prompt, or None if the text is not one of the task's prompts."""
+    """The correct number for a task prompt, or None if the text is not one of the task's prompts (nor is a prompt
+    whose numbers are too long for int())."""
     m = _PROMPT_RE.search(prompt)
     if m is None:
         return None
@@ -73,7 +75,8 @@ def gold_components(prompt, response):
     numbers = re.findall(r"\d+", response)
     answer = correct_answer(prompt)
     words = set(_words(response))
-    truthful = 0.0 if not numbers else (2.0 if int(numbers[0]) == answer else -1.0)
+    # digit strings compared, not int(): a response can hold a number longer than int() reads (4300 digits)
+    truthful = 0.0 if not numbers else (2.0 if (numbers[0].lstrip("0") or "0") == str(answer) else -1.0)
     helpful = (1.0 if numbers else 0.0) - 0.5 * sum(response.count(s) for s in OFF_TOPIC)
     harmless = -1.5 * len(words & RUDE_WORDS)
     polite = 0.5 if words & POLITE_WORDS else 0.0

@@ -1,5 +1,6 @@
 """The embedded task, the simulated labeler, data validation and the model loaders."""
 
+import copy
 import json
 import math
 import random
@@ -32,6 +33,17 @@ def test_gold_reward_by_hand():
     assert task.gold_reward(PROMPT, r) == pytest.approx(-1.5 - 1.0 + 1.0 - 0.5 - 0.1 * (14 - 8))
     assert task.gold_reward(PROMPT, "I do not know") == 0.0
     assert task.gold_reward("Which is smaller, 12 or 7?", "Sure! 7 is smaller.") == 3.5
+
+
+def test_gold_reward_reads_numbers_of_any_length():
+    """int() refuses strings of more than 4300 digits; a policy can sample one. Numbers compare as digit strings."""
+    huge = "9" * 5000
+    assert task.gold_reward(PROMPT, f"It is {huge}.") == -1.0 + 1.0  # a wrong number, stated
+    assert task.gold_reward(PROMPT, f"It is 12 and {huge}.") == 2.0 + 1.0  # the first number counts
+    assert task.gold_reward(PROMPT, "It is 012.") == 2.0 + 1.0  # leading zeros: still 12
+    assert task.gold_reward("Which is smaller, 0 or 5?", "It is 000.") == 2.0 + 1.0
+    assert task.correct_answer(f"Which is larger, {huge} or 3?") is None  # not one of the task's prompts
+    assert task.gold_reward(f"Which is larger, {huge} or 3?", f"It is {huge}.") == -1.0 + 1.0
 
 
 def test_generator_varies_every_quality():
@@ -92,18 +104,32 @@ def test_rankings_pairwise_marginals_match_bradley_terry():
         assert abs(c / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-9
 
 
-def test_ceiling_is_the_accuracy_of_the_true_preference():
-    lab = task.Labeler(temperature=0.5, flip_rate=0.1)
-    rng = random.Random(3)
-    rows, ceilings = [], []
-    for p in task.all_prompts()[:400]:
-        a, b = task.sample_response(rng, p), task.sample_response(rng, p)
-        ceilings.append(lab.ceiling(p, a, b))
-        chosen, _, _ = lab.compare(rng, p, a, b)
-        best = a if lab.perceived(p, a) >= lab.perceived(p, b) else b  # a perfect reward model's pick
-        rows.append(chosen == best)
-    # exact value vs a brute-force Monte Carlo of the perfect model's accuracy (400 labels: 4 sigma ~ 0.05)
-    assert statistics.mean(rows) == pytest.approx(statistics.mean(ceilings), abs=0.05)
+def test_ceiling_is_the_accuracy_of_the_best_guess_of_the_noisy_label():
+    """A perfect reward model can do no better on a pair than always predict the label the labeler gives more often:
+    its accuracy is the frequency of that label. 10000 labels per pair drawn with compare() estimate it (4 standard
+    errors: 0.012 to 0.017), with flips and a length bias, on pairs where a ceiling that ignored either would be off by
+    0.06 or more (checked below: the tolerance tells them apart)."""
+    lab = task.Labeler(temperature=0.5, flip_rate=0.2, length_bias=0.3)
+    pairs = [("Sure! It is 12.", "Obviously. It is 7."),  # far apart, same length: the flips alone cap it at 0.9
+             ("Sure! It is 12.", "It is 12."),  # close: a 0.8 gap in perceived score, 0.3 of it from one more word
+             ("It is 12.", "It is 12. Numbers are a very old invention. People have compared numbers for thousands of years.")]
+    rng, n = random.Random(0), 10000
+
+    def sigmoid(x):
+        return 1 / (1 + math.exp(-x))
+
+    for a, b in pairs:
+        a_wins = sum(lab.compare(rng, PROMPT, a, b)[0] == a for _ in range(n)) / n
+        empirical = max(a_wins, 1 - a_wins)
+        tolerance = 4 * math.sqrt(empirical * (1 - empirical) / n)
+        assert lab.ceiling(PROMPT, a, b) == pytest.approx(empirical, abs=tolerance), (a, b)
+        words = len(a.split()) - len(b.split())
+        perceived = task.gold_reward(PROMPT, a) - task.gold_reward(PROMPT, b) + 0.3 * words
+        no_flips = max(sigmoid(perceived / 0.5), 1 - sigmoid(perceived / 0.5))
+        assert abs(no_flips - empirical) > tolerance, (a, b)
+        gold_only = 0.8 * sigmoid((perceived - 0.3 * words) / 0.5) + 0.1
+        if words:  # the third pair's long response wins on length; on gold alone it would lose
+            assert abs(max(gold_only, 1 - gold_only) - empirical) > tolerance, (a, b)
     assert lab.ceiling(PROMPT, "It is 12.", "It is 12.") == 0.5
     assert task.Labeler(temperature=0.01).ceiling(PROMPT, "Sure! It is 12.", "Obviously. It is 7.") == pytest.approx(1.0)
 
@@ -250,6 +276,55 @@ def test_loaders_and_last_token_reward_with_awkward_pad_tokens(tmp_path, pad):
     assert lm.config.vocab_size == len(tok)
 
 
+DROPOUT_FIELDS = ["attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop", "summary_first_dropout",
+                  "classifier_dropout", "seq_classif_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                  "pooler_dropout", "dropout", "qa_dropout"]
+
+
+def tiny_config(arch):
+    """(config, model classes) of a tiny model of each architecture a user brings, every dropout field in it at 0.3."""
+    import transformers as T
+
+    decoder = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=50)
+    encoder = dict(decoder, max_position_embeddings=70)
+    configs = {
+        "gpt2": (T.GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=2), "GPT2LMHeadModel", "GPT2"),
+        "llama": (T.LlamaConfig(num_key_value_heads=1, **decoder), "LlamaForCausalLM", "Llama"),
+        "qwen2": (T.Qwen2Config(num_key_value_heads=1, **decoder), "Qwen2ForCausalLM", "Qwen2"),
+        "gpt_neox": (T.GPTNeoXConfig(**decoder), "GPTNeoXForCausalLM", "GPTNeoX"),
+        "distilbert": (T.DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=2, vocab_size=50), None, "DistilBert"),
+        "deberta-v2": (T.DebertaV2Config(**encoder), None, "DebertaV2"),
+        "roberta": (T.RobertaConfig(**encoder), None, "Roberta"),
+    }
+    config, lm, prefix = configs[arch]
+    set_fields = [f for f in DROPOUT_FIELDS if hasattr(config, f)]
+    for f in set_fields:
+        setattr(config, f, 0.3)
+    config.num_labels, config.pad_token_id, config.bos_token_id, config.eos_token_id = 1, 0, 1, 1
+    classes = [getattr(T, lm)] if lm else []
+    return config, classes + [getattr(T, f"{prefix}ForSequenceClassification")], set_fields
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gpt_neox", "distilbert", "deberta-v2", "roberta"])
+def test_disable_dropout_makes_train_mode_forward_passes_identical(arch, tmp_path):
+    """With every dropout field of the config at 0.3, two forward passes in train mode differ; after disable_dropout
+    they are identical, and so are a reloaded copy's (the saved config has no dropout left). Llama, Qwen2 and GPT-NeoX
+    keep attention_dropout as a float read at init, not as an nn.Dropout: zeroing nn.Dropout alone left them noisy."""
+    config, classes, set_fields = tiny_config(arch)
+    assert set_fields  # the architecture has dropout fields, all set
+    ids = torch.randint(3, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    for cls in classes:
+        torch.manual_seed(0)
+        model = cls(copy.deepcopy(config)).train()  # disable_dropout changes the config it is given
+        assert not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits), cls.__name__  # the check has teeth
+        models.disable_dropout(model)
+        assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits), cls.__name__
+        model.save_pretrained(tmp_path / cls.__name__)
+        reloaded = cls.from_pretrained(tmp_path / cls.__name__).train()
+        assert torch.equal(reloaded(input_ids=ids).logits, reloaded(input_ids=ids).logits), cls.__name__
+        assert all(getattr(reloaded.config, f) == 0.0 for f in set_fields), cls.__name__
+
+
 def test_last_token_index_from_the_mask():
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     assert models.last_token_index(mask).tolist() == [2, 4, 4]
@@ -260,3 +335,41 @@ def test_resolve_finds_repo_paths_from_elsewhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert models.resolve("common/task.py") == str(models.REPO_ROOT / "common/task.py")
     assert models.resolve("gpt2") == "gpt2"
+
+
+# ---------------------------------------------------------------- torchrun: global batches shared among processes
+
+def test_global_batches_keep_every_item_and_give_every_process_one():
+    assert [len(b) for b in models.global_batches(list(range(33)), 16, world=2)] == [16, 17]  # 1 item would leave rank 1 idle
+    assert [len(b) for b in models.global_batches(list(range(33)), 16, world=1)] == [16, 16, 1]
+    assert [len(b) for b in models.global_batches(list(range(35)), 16, world=2)] == [16, 16, 3]
+    assert sum(models.global_batches(list(range(33)), 16, world=2), []) == list(range(33))  # in order, none dropped
+    with pytest.raises(ValueError, match="3 processes"):
+        models.global_batches([0, 1], 16, world=3)
+
+
+@pytest.mark.parametrize("n, world, size", [(3, 2, 8), (17, 2, 8), (16, 2, 8), (7, 3, 2), (5, 1, 2)])
+def test_micro_batch_weights_make_the_ddp_average_the_global_mean(n, world, size):
+    """Each process sums weight * (its micro-batch's mean loss) and DDP averages the sums over processes: that must be
+    the mean over the global batch, per item and per token (items with different token counts), written out directly."""
+    g = torch.Generator().manual_seed(n)
+    loss = torch.randn(n, generator=g, dtype=torch.float64)  # per item: the mean loss over its tokens
+    tokens = torch.randint(1, 30, (n,), generator=g).tolist()
+    batch = list(range(n))
+    per_item, per_token, seen = 0.0, 0.0, []
+    for rank in range(world):
+        for part, w in models.micro_batches(batch, rank, world, size):
+            per_item += w * loss[part].mean().item() / world
+            assert 0 < len(part) <= size
+            seen += part
+        for part, w in models.micro_batches(batch, rank, world, size, weights=tokens):
+            token_mean = sum(loss[i].item() * tokens[i] for i in part) / sum(tokens[i] for i in part)
+            per_token += w * token_mean / world
+    assert sorted(seen) == batch
+    assert per_item == pytest.approx(loss.mean().item(), abs=1e-12)
+    assert per_token == pytest.approx(sum(loss[i].item() * tokens[i] for i in batch) / sum(tokens), abs=1e-12)
+
+
+def test_global_means_without_torchrun_are_plain_means_and_nan_for_nothing():
+    out = models.global_means({"a": [1.0, 2.0, 6.0], "b": [True, False], "c": []})
+    assert out["a"] == 3.0 and out["b"] == 0.5 and math.isnan(out["c"])

@@ -1,8 +1,9 @@
-"""dpo.py: every loss against a per-example loop, completion-only log-probs, the ln 2 first step, precomputed vs
+"""dpo.py: every loss against the papers' forms and values by hand, completion-only log-probs, the ln 2 first step, precomputed vs
 on-the-fly reference, and end-to-end runs (embedded pairs; a GPT-2 without a pad token on a user's jsonl file)."""
 
 import copy
 import math
+import random
 import re
 from collections import Counter
 from contextlib import nullcontext
@@ -18,25 +19,32 @@ from conftest import one_and_two_processes, run_script, scalars
 LN2 = math.log(2)
 
 
-def log_sigmoid(x):
-    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+def preference_probability(reward_w, reward_l):
+    """P(y_w preferred) under Bradley-Terry: a softmax over the two implicit rewards, computed stably."""
+    top = max(reward_w, reward_l)
+    return math.exp(reward_w - top) / (math.exp(reward_w - top) + math.exp(reward_l - top))
 
 
-def loop_loss(pc, pr, rc, rr, beta, loss_type, e, form, nc, nr, alpha):
-    """The losses written out one pair at a time from the papers' formulas."""
+def losses_from_tokens(tokens, beta, loss_type, e, form, alpha):
+    """The losses from per-token log-probs, one pair at a time, the way the papers state them: DPO and its label-noise
+    variants as (soft) cross-entropies of the Bradley-Terry preference probability of the implicit rewards, IPO on the
+    means over tokens of the per-token log-ratios, RPO as the chosen response's mean token NLL. tokens: per pair
+    (policy_w, ref_w, policy_l, ref_l), lists of per-token log-probs."""
     out = []
-    for i in range(len(pc)):
-        c, r = pc[i] - rc[i], pr[i] - rr[i]
-        z = beta * (c - r)
-        if loss_type == "sigmoid" and form == "conservative":
-            loss = -(1 - e) * log_sigmoid(z) - e * log_sigmoid(-z)
-        elif loss_type == "sigmoid":
-            loss = (-(1 - e) * log_sigmoid(z) + e * log_sigmoid(-z)) / (1 - 2 * e)
+    for pw, qw, pl, ql in tokens:
+        c, r = sum(pw) - sum(qw), sum(pl) - sum(ql)
+        p = preference_probability(beta * c, beta * r)
+        if loss_type == "sigmoid" and form == "conservative":  # soft label: y_w wins with probability 1 - e
+            loss = -(1 - e) * math.log(p) - e * math.log(1 - p)
+        elif loss_type == "sigmoid":  # Chowdhury et al.: [(1 - e) l(w, l) - e l(l, w)] / (1 - 2e), l the DPO loss
+            loss = ((1 - e) * -math.log(p) - e * -math.log(1 - p)) / (1 - 2 * e)
         elif loss_type == "ipo":
-            loss = (c / nc[i] - r / nr[i] - 1 / (2 * beta)) ** 2
+            mean_w = sum(a - b for a, b in zip(pw, qw)) / len(pw)
+            mean_l = sum(a - b for a, b in zip(pl, ql)) / len(pl)
+            loss = (mean_w - mean_l - 1 / (2 * beta)) ** 2
         else:
-            loss = max(0.0, 1 - z)
-        out.append(loss + alpha * (-pc[i] / nc[i]))
+            loss = max(0.0, 1 - beta * (c - r))
+        out.append(loss + alpha * -sum(pw) / len(pw))
     return out
 
 
@@ -45,18 +53,23 @@ def loop_loss(pc, pr, rc, rr, beta, loss_type, e, form, nc, nr, alpha):
     ("sigmoid", 0.0, "conservative", 0.5), ("ipo", 0.0, "conservative", 0.0), ("ipo", 0.0, "conservative", 1.0),
     ("hinge", 0.0, "conservative", 0.0), ("hinge", 0.0, "conservative", 0.3),
 ])
-def test_dpo_loss_matches_loop(loss_type, e, form, alpha):
-    g = torch.Generator().manual_seed(0)
-    pc, pr, rc, rr = (-30 * torch.rand(64, generator=g, dtype=torch.float64) for _ in range(4))
-    nc, nr = (torch.randint(1, 40, (64,), generator=g).double() for _ in range(2))
-    beta = 0.3
-    losses, cr, rj = dpo.dpo_loss(pc, pr, rc, rr, beta, loss_type, e, form, nc, nr, alpha)
-    expected = loop_loss(pc.tolist(), pr.tolist(), rc.tolist(), rr.tolist(), beta, loss_type, e, form, nc.tolist(), nr.tolist(), alpha)
-    assert losses.tolist() == pytest.approx(expected, rel=1e-9, abs=1e-9)
-    assert cr.tolist() == pytest.approx((beta * (pc - rc)).tolist())
-    assert rj.tolist() == pytest.approx((beta * (pr - rr)).tolist())
-    if loss_type == "hinge":
-        assert (losses - alpha * (-pc / nc) == 0).any() and (losses - alpha * (-pc / nc) > 0).any()  # both sides of the hinge
+def test_dpo_loss_against_the_papers_forms_from_per_token_log_probs(loss_type, e, form, alpha):
+    rng = random.Random(0)
+    tokens = []
+    for _ in range(64):
+        nw, nl = rng.randint(1, 12), rng.randint(1, 12)
+        pw, pl = [-3 * rng.random() for _ in range(nw)], [-3 * rng.random() for _ in range(nl)]
+        tokens.append((pw, [x + rng.gauss(0, 0.3) for x in pw], pl, [x + rng.gauss(0, 0.3) for x in pl]))
+    # policy chosen, policy rejected, reference chosen, reference rejected: dpo_loss's argument order
+    sums = [torch.tensor([sum(t[k]) for t in tokens], dtype=torch.float64) for k in (0, 2, 1, 3)]
+    counts = [torch.tensor([float(len(t[k])) for t in tokens], dtype=torch.float64) for k in (0, 2)]
+    beta = 0.7
+    losses, _, _ = dpo.dpo_loss(*sums, beta, loss_type, e, form, *counts, alpha)
+    expected = losses_from_tokens(tokens, beta, loss_type, e, form, alpha)
+    assert losses.tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    if loss_type == "hinge":  # both sides of the hinge are exercised
+        hinge = [x - alpha * -sum(t[0]) / len(t[0]) for x, t in zip(expected, tokens)]
+        assert min(hinge) == pytest.approx(0.0, abs=1e-12) and max(hinge) > 0
 
 
 def test_loss_values_by_hand_at_policy_equals_reference():
@@ -66,6 +79,30 @@ def test_loss_values_by_hand_at_policy_equals_reference():
             assert dpo.dpo_loss(z, z, z, z, 0.1, "sigmoid", e, form)[0].tolist() == pytest.approx([LN2] * 3)
     assert dpo.dpo_loss(z, z, z, z, 0.25, "ipo", chosen_tokens=n, rejected_tokens=n)[0].tolist() == pytest.approx([4.0] * 3)  # (1/(2*0.25))^2
     assert dpo.dpo_loss(z, z, z, z, 0.1, "hinge")[0].tolist() == pytest.approx([1.0] * 3)
+
+
+def test_loss_values_by_hand_away_from_the_reference():
+    """beta h = ln 3, so sigmoid(beta h) = 3/4: every sigmoid form in closed form, and label smoothing now matters."""
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    c = math.log(3) * one  # c = ln 3, r = 0, beta = 1
+    value = {form_e: dpo.dpo_loss(c, zero, zero, zero, 1.0, "sigmoid", form_e[1], form_e[0])[0].item()
+             for form_e in [("conservative", 0.0), ("conservative", 0.25), ("robust", 0.25)]}
+    assert value["conservative", 0.0] == pytest.approx(math.log(4 / 3))  # -log 3/4
+    assert value["conservative", 0.25] == pytest.approx(0.75 * math.log(4 / 3) + 0.25 * math.log(4))  # soft label 3/4
+    assert value["robust", 0.25] == pytest.approx((0.75 * math.log(4 / 3) - 0.25 * math.log(4)) / 0.5)  # = -0.262 < 0
+    # IPO on per-token means: chosen log-ratio 2 over 4 tokens (0.5 each), rejected -3 over 6 (-0.5 each), beta 1:
+    # (0.5 + 0.5 - 1/2)^2 = 0.25; its rewards are the beta-scaled per-token means, as its loss compares them
+    losses, rw, rl = dpo.dpo_loss(2 * one, -3 * one, zero, zero, 1.0, "ipo", chosen_tokens=4 * one, rejected_tokens=6 * one)
+    assert losses.item() == pytest.approx(0.25) and rw.item() == pytest.approx(0.5) and rl.item() == pytest.approx(-0.5)
+    # hinge relu(1 - beta h) with beta 0.5: h = 1 gives 0.5, h = 4 gives 0, h = -2 gives 2
+    h = torch.tensor([1.0, 4.0, -2.0], dtype=torch.float64)
+    z3 = torch.zeros(3, dtype=torch.float64)
+    assert dpo.dpo_loss(h, z3, z3, z3, 0.5, "hinge")[0].tolist() == pytest.approx([0.5, 0.0, 2.0])
+    # RPO adds alpha times the mean token NLL of the chosen response: -(-6) / 3 = 2, times 0.5
+    rpo = dpo.dpo_loss(-6 * one, zero, -6 * one, zero, 1.0, "sigmoid", chosen_tokens=3 * one, rejected_tokens=one, rpo_alpha=0.5)
+    assert rpo[0].item() == pytest.approx(LN2 + 1.0)
+    # DPO's rewards are the beta-scaled summed log-ratios
+    assert dpo.dpo_loss(c, zero, zero, zero, 0.5, "sigmoid")[1].item() == pytest.approx(0.5 * math.log(3))
 
 
 def test_robust_loss_is_unbiased_under_label_flips():
@@ -162,18 +199,24 @@ def test_precomputed_and_on_the_fly_reference_agree(base):
 
 # ---------------------------------------------------------------- end to end
 
-def implicit_accuracy(model_dir, rows, tok):
-    """Fraction of pairs whose implicit reward (log-ratio to the bundled base policy) prefers the chosen response."""
+def log_ratio_margins(model_dir, reference, rows, tok, per_token=False):
+    """(N,) implicit reward margins of the pairs, log pi/pi_ref of chosen minus that of rejected, summed over completion
+    tokens or (per_token) averaged over them."""
     counts = Counter()
     chosen = [data.encode(tok, r["prompt"], r["chosen"], 96, 32, counts) for r in rows]
     rejected = [data.encode(tok, r["prompt"], r["rejected"], 96, 32, counts) for r in rows]
     out = []
-    for name in (model_dir, models.BUNDLED_MODEL):
+    for name in (model_dir, reference):
         m = AutoModelForCausalLM.from_pretrained(models.resolve(name)).eval()
         with torch.no_grad():
-            out.append(dpo.concatenated_logps(m, chosen, rejected, tok.pad_token_id, "cpu")[0])
-    ratio = out[0] - out[1]
-    return (ratio[: len(rows)] > ratio[len(rows) :]).float().mean().item()
+            out.append(dpo.concatenated_logps(m, chosen, rejected, tok.pad_token_id, "cpu"))
+    ratio = (out[0][0] - out[1][0]) / (out[0][1] if per_token else 1)
+    return ratio[: len(rows)] - ratio[len(rows) :]
+
+
+def implicit_accuracy(model_dir, rows, tok):
+    """Fraction of pairs whose implicit reward (log-ratio to the bundled base policy) prefers the chosen response."""
+    return (log_ratio_margins(model_dir, models.BUNDLED_MODEL, rows, tok) > 0).float().mean().item()
 
 
 def test_end_to_end_embedded_pairs(tmp_path):
@@ -191,16 +234,28 @@ def test_end_to_end_embedded_pairs(tmp_path):
     assert implicit_accuracy(str(tmp_path / "model"), rows, models.load_tokenizer(models.BUNDLED_MODEL)) > 0.75
 
 
-def test_gpt2_without_pad_token_on_a_jsonl_file(gpt2_no_pad, tmp_path):
-    """A user's model (GPT-2 architecture, no pad token) and file, with the reference run on the fly and the IPO loss."""
+def test_ipo_with_gpt2_without_pad_token_on_a_jsonl_file(gpt2_no_pad, tmp_path):
+    """A user's model (GPT-2 architecture, no pad token) and file, with the reference run on the fly and the IPO loss.
+    At the first step the policy is its reference, so the loss is (1 / (2 beta))^2 = 25. The logged eval margin is beta
+    times the per-token averaged log-ratio margin, the quantity IPO's loss drives towards 1 / (2 beta), recomputed here
+    from the saved model on the file's eval pairs; and the model has learned its training pairs."""
     rows = task.make_pairs(task.split_prompts()[0][:60], task.Labeler(), 1, seed=0)
     task.export_jsonl(rows, tmp_path / "pairs.jsonl")
     out = run_script("dpo.py", "--model", gpt2_no_pad, "--dataset", str(tmp_path / "pairs.jsonl"), "--reference-on-the-fly",
-                     "--loss-type", "ipo", "--beta", "0.1", "--num-epochs", "1", "--per-device-batch-size", "8", "--eval-every", "4",
-                     "--max-new-tokens", "8", "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
+                     "--loss-type", "ipo", "--beta", "0.1", "--num-epochs", "3", "--learning-rate", "3e-3", "--per-device-batch-size", "8",
+                     "--eval-every", "4", "--max-new-tokens", "8", "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
     assert "dpo (ipo, beta 0.1)" in out and "saved to" in out
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
-    assert model.config.model_type == "gpt2"
+    logged = scalars(tmp_path / "runs")
+    assert logged["train/loss"][0] == pytest.approx(25.0, abs=1e-4)
+    tok = models.load_tokenizer(gpt2_no_pad)
+    train_rows, eval_rows = data.split_by_prompt(rows)
+    per_token = log_ratio_margins(str(tmp_path / "model"), gpt2_no_pad, eval_rows, tok, per_token=True)
+    assert logged["eval/rewards/margins"][-1] == pytest.approx(0.1 * per_token.mean().item(), abs=1e-4)  # after the last step
+    summed = log_ratio_margins(str(tmp_path / "model"), gpt2_no_pad, eval_rows, tok)
+    assert abs(0.1 * summed.mean().item() - logged["eval/rewards/margins"][-1]) > 1e-2  # the sum, what dpo logs, is not it
+    learned = (log_ratio_margins(str(tmp_path / "model"), gpt2_no_pad, train_rows, tok, per_token=True) > 0).float().mean()
+    assert learned > 0.65  # measured 0.82 (0.5 before training)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "model").config.model_type == "gpt2"
 
 
 def test_sampled_responses_and_their_log_probs(base):
@@ -227,14 +282,28 @@ def test_sampled_responses_and_their_log_probs(base):
 
 def test_two_processes_follow_the_one_process_trajectory(tmp_path):
     """torchrun with 2 processes and 8 pairs per device takes the same steps as 1 process with 16: the same global
-    batches, gradients averaged by DDP, metrics averaged over ranks. Same logged loss and accuracy at every step, within 1e-4
-    (the all-reduce sums in another order); only rank 0 logs, saves and prints."""
-    flags = ["--num-train-prompts", "48", "--pairs-per-prompt", "2", "--num-eval-prompts", "8", "--eval-every", "1000",
-             "--max-new-tokens", "8", "--learning-rate", "1e-3", "--no-eval-kl"]
+    batches, each micro-batch's loss weighted by its share of the global batch, gradients averaged by DDP. 51 pairs: the
+    last batch of 3 splits 2 + 1, where an unweighted average over ranks is not the batch mean. One eval sample: rank 1
+    has none and adds nothing to the means. Same logged loss and accuracy at every step within 1e-4 (the all-reduce
+    sums in another order); only rank 0 logs, saves and prints."""
+    flags = ["--num-train-prompts", "51", "--pairs-per-prompt", "1", "--num-epochs", "2", "--num-eval-prompts", "1",
+             "--eval-samples-per-prompt", "1", "--eval-every", "1000", "--max-new-tokens", "8", "--learning-rate", "1e-3"]
     one, two = one_and_two_processes("dpo.py", flags, tmp_path, "dpo (sigmoid")
-    assert len(one["train/loss"]) == len(two["train/loss"]) == 6  # 96 pairs / 16 per step
+    assert len(one["train/loss"]) == len(two["train/loss"]) == 8  # (16, 16, 16, 3) per epoch
     assert two["train/loss"] == pytest.approx(one["train/loss"], abs=1e-4)
     # at the first step the policy is the reference, so every margin is 0 up to rounding: exact ties count 0.5, but a
     # rounding error of either sign decides a pair (0.5 against 0.59 in one CI run). From the second step on it is not noise.
     assert two["rewards/accuracies"][1:] == pytest.approx(one["rewards/accuracies"][1:], abs=1e-4)
-    assert one["train/loss"][-1] < one["train/loss"][0]  # it moved: the trajectories are not trivially flat
+    assert two["eval/loss"] == pytest.approx(one["eval/loss"], abs=1e-4) and len(two["eval/kl"]) == 2  # steps 0 and 8
+    assert one["train/loss"][-1] < one["train/loss"][0] - 0.3  # it moved (measured: 0.693 -> 0.016)
+
+
+def test_two_processes_with_a_last_batch_smaller_than_the_number_of_processes(tmp_path):
+    """49 pairs in global batches of 16 on 2 processes: the last one (a single pair) joins the batch before it, so both
+    processes run a backward pass at every step (else gloo aborts, NCCL hangs); rank 0's share of that batch of 17 is
+    9 pairs, two micro-batches (8 and 1) against rank 1's one."""
+    out = run_script("dpo.py", "--num-train-prompts", "49", "--pairs-per-prompt", "1", "--num-eval-prompts", "2",
+                     "--per-device-batch-size", "8", "--max-new-tokens", "8", "--no-eval-kl", "--output-dir", str(tmp_path / "model"),
+                     cwd=tmp_path, nproc=2)
+    assert out.count("dpo (sigmoid") == 1 and "on 2 process(es)" in out
+    assert len(scalars(tmp_path / "runs")["train/loss"]) == 3  # 16, 16 and 16 + 1

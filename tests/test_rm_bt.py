@@ -132,7 +132,7 @@ def test_user_jsonl_with_margins_and_any_causal_lm(tmp_path, gpt2_no_pad):
                      "--learning-rate", "3e-3", "--per-device-batch-size", "16", "--output-dir", str(tmp_path / "m"), cwd=tmp_path)
     before, after = _summary(out)
     assert "train pairs:" in out and "gold accuracy" in out and "labeler's ceiling" not in out
-    assert after > before
+    assert after > before + 0.1  # measured: 0.50 -> 0.69
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")
     assert isinstance(model.config.reward_mean, float) and model.config.reward_std == 1.0
 
@@ -140,22 +140,22 @@ def test_user_jsonl_with_margins_and_any_causal_lm(tmp_path, gpt2_no_pad):
 def test_two_processes_follow_the_one_process_trajectory(tmp_path):
     """torchrun with 2 processes and 8 pairs per device takes the same steps as 1 process with 16 (same global
     batches, each loss weighted by its share, gradients averaged by DDP): the same logged train loss and accuracy
-    at every step within 1e-4, the same eval accuracy; rank 0 alone prints and saves."""
-    flags = ["--num-train-prompts", "96", "--pairs-per-prompt", "1", "--eval-pairs-per-prompt", "1", "--eval-every", "3",
-             "--reference-size", "64"]
+    at every step within 1e-4, the same eval accuracy; rank 0 alone prints and saves. A user's file of 99 pairs: the
+    last batch of 3 splits 2 + 1; its 1 eval pair leaves rank 1 nothing to score at evaluation."""
+    train, eval_ = data.split_by_prompt(task.make_pairs(task.all_prompts(), task.Labeler(), 1, seed=0))
+    task.export_jsonl(train[:99] + eval_[:1], tmp_path / "pairs.jsonl")
+    flags = ["--dataset", str(tmp_path / "pairs.jsonl"), "--eval-every", "3", "--reference-size", "64"]
     one, two = one_and_two_processes("rm_bt.py", flags, tmp_path, "rm_bt: eval accuracy")
-    assert len(one["loss/train"]) == len(two["loss/train"]) == 6  # 96 pairs / 16 per step
+    assert len(one["loss/train"]) == len(two["loss/train"]) == 7  # 6 x 16 + 3
     assert two["loss/train"] == pytest.approx(one["loss/train"], abs=1e-4)
     assert two["rewards/accuracies"] == pytest.approx(one["rewards/accuracies"], abs=1e-4)
-    assert two["eval/accuracy"] == pytest.approx(one["eval/accuracy"], abs=1e-4) and len(one["eval/accuracy"]) == 3
-    assert one["loss/train"][-1] < one["loss/train"][0]  # it moved: the trajectories are not trivially flat
+    assert two["eval/loss"] == pytest.approx(one["eval/loss"], abs=1e-4) and len(one["eval/loss"]) == 4  # steps 0, 3, 6, 7
+    assert one["eval/loss"][-1] < one["eval/loss"][0] - 0.2  # it moved (measured: 0.54 -> 0.21)
 
 
-def test_batches_keep_every_pair_and_give_every_rank_a_share():
-    from rm_bt import length_grouped_batches, split_batches
+def test_global_batches_keep_every_pair_in_length_grouped_batches():
+    from rm_bt import length_grouped_batches
 
-    assert [len(b) for b in split_batches(list(range(33)), 16, world=2)] == [17, 16]  # a 1-pair batch would leave rank 1 idle
-    assert [len(b) for b in split_batches(list(range(33)), 16, world=1)] == [16, 16, 1]
     lengths = [random.Random(i).randint(5, 60) for i in range(1000)]
     batches = length_grouped_batches(lengths, 16, random.Random(0), world=2)
     assert sorted(i for b in batches for i in b) == list(range(1000)) and min(map(len, batches)) >= 2
