@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from huggingface_hub import get_hf_file_metadata, hf_hub_url, is_offline_mode, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -21,24 +24,66 @@ def resolve(name):
     return name
 
 
+def stop(message):
+    """End the run on a user's mistake: the message (once under torchrun: every process stops, rank 0 says why) and
+    exit code 1, no traceback."""
+    raise SystemExit(message if int(os.environ.get("RANK", 0)) == 0 else 1)
+
+
+def model_problem(name):
+    """Why name will not load, found before transformers tries (a traceback, or 48 s of retries without a network):
+    a path that does not exist or holds no model, a hub name neither in the local cache nor reachable; None when
+    it may load."""
+    path = Path(resolve(name))
+    if path.exists():
+        return None if (path / "config.json").is_file() else f"{name}: not a model directory (no config.json in it)"
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return f"{name}: no such file or directory"
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return None  # in the cache: it loads, online or not
+    missing = f"{name}: no such local directory, and not a model in the Hugging Face cache"
+    if is_offline_mode():
+        return f"{missing}; HF_HUB_OFFLINE is set, so the hub is not asked: download it first, or check the name"
+    try:  # one request, without retries: can the hub be reached at all?
+        get_hf_file_metadata(hf_hub_url(name, "config.json"), timeout=10)
+    except HfHubHTTPError:
+        return None  # the hub answered (no such model, a gated one): from_pretrained says what it said
+    except Exception as e:
+        return f"{missing}, and the hub is not reachable ({type(e).__name__}: {e})"
+    return None
+
+
+def from_pretrained(auto_class, name, **kwargs):
+    """auto_class.from_pretrained(name), or one line that says why it does not load, instead of a traceback."""
+    problem = model_problem(name)
+    if problem:
+        stop(problem)
+    try:
+        return auto_class.from_pretrained(resolve(name), **kwargs)
+    except OSError as e:  # a hub repository that does not exist or is gated, a model folder with missing files
+        stop(f"{name}: {str(e).splitlines()[0]}")
+
+
 def load_tokenizer(name, trust_remote_code=False):
     """The tokenizer, with a pad token set when it has none (GPT-2, Llama): padding is only ever read
     through the attention mask, so reusing EOS as pad is safe here."""
-    tok = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
+    tok = from_pretrained(AutoTokenizer, name, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
 
 
 def load_causal_lm(name, dtype=torch.float32, trust_remote_code=False):
-    return AutoModelForCausalLM.from_pretrained(resolve(name), dtype=dtype, trust_remote_code=trust_remote_code)
+    return from_pretrained(AutoModelForCausalLM, name, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 def load_reward_model(name, dtype=torch.float32, trust_remote_code=False):
     """A sequence-classification model with one output. From a causal LM checkpoint the unembedding is
     replaced by a fresh scalar head (InstructGPT starts the RM from the SFT model)."""
-    return AutoModelForSequenceClassification.from_pretrained(
-        resolve(name), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code
+    return from_pretrained(
+        AutoModelForSequenceClassification, name, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code
     )
 
 
