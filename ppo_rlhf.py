@@ -243,7 +243,7 @@ def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temper
     device = next(policy.parameters()).device
     query = data.pad(queries, tokenizer.pad_token_id, side="left").to(device)  # left-padded for generation
     query_mask = data.pad([[1] * len(q) for q in queries], 0, side="left").to(device)
-    seq = policy.generate(input_ids=query, attention_mask=query_mask, generation_config=gen_config)
+    seq = models.generate(policy, input_ids=query, attention_mask=query_mask, generation_config=gen_config)
     context_length = query.shape[1]
     responses, resp_mask, stopped = truncate_after_stop(seq[:, context_length:], stop_ids, tokenizer.pad_token_id)
     seq = torch.cat([query, responses], dim=1)
@@ -306,7 +306,7 @@ if __name__ == "__main__":
     else:  # a separate network (Stiennon): from the reward model when it reads the policy's tokens, else from the policy
         value_init = args.reward_model if reward_model is not None and same_vocab else args.model
         value_model, value_head = load(models.load_reward_model, value_init), None
-        say(f"value network initialized from {value_init}" + (" (fresh scalar head)" if value_init == args.model else ""))
+        say(f"value network initialized from {value_init}")
     params = list(policy.parameters()) + list((value_head if value_model is None else value_model).parameters())
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5)
     torch.manual_seed(args.seed + rank)  # every process samples different responses

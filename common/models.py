@@ -1,8 +1,10 @@
 """Loading models and tokenizers, devices and torchrun, seeding, run directories, and reading a scalar reward."""
 
+import logging
 import os
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -81,10 +83,46 @@ def load_causal_lm(name, dtype=torch.float32, trust_remote_code=False):
 
 def load_reward_model(name, dtype=torch.float32, trust_remote_code=False):
     """A sequence-classification model with one output. From a causal LM checkpoint the unembedding is
-    replaced by a fresh scalar head (InstructGPT starts the RM from the SFT model)."""
-    return from_pretrained(
-        AutoModelForSequenceClassification, name, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code
-    )
+    replaced by a fresh scalar head (InstructGPT starts the RM from the SFT model): said in one line, in place of
+    transformers' load report, which lists the head as MISSING (and an untied unembedding as UNEXPECTED)."""
+    with without_log("LOAD REPORT"):
+        model, info = from_pretrained(AutoModelForSequenceClassification, name, num_labels=1, dtype=dtype,
+                                      trust_remote_code=trust_remote_code, output_loading_info=True)
+    new = sorted(k for k in info["missing_keys"] if not k.startswith("score."))
+    unused = sorted(k for k in info["unexpected_keys"] if not k.startswith("lm_head."))
+    if int(os.environ.get("RANK", 0)) == 0:  # once under torchrun, not once per process
+        if any(k.startswith("score.") for k in info["missing_keys"]):
+            print(f"a fresh scalar head on {name} (the checkpoint has none)")
+        if new:
+            print(f"warning: {name}: weights not in the checkpoint, initialized at random: {', '.join(new)}")
+        if unused:
+            print(f"warning: {name}: weights in the checkpoint that the model does not use: {', '.join(unused)}")
+    return model
+
+
+@contextmanager
+def without_log(text, logger="transformers.modeling_utils"):
+    """Inside the block, hold back the records of a logger whose message contains text (a warning known to be a
+    false alarm here), and nothing else; if the block fails, they are let through after all: they may explain why."""
+    held = []
+
+    def keep(record):
+        if text in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    log = logging.getLogger(logger)
+    log.addFilter(keep)
+    try:
+        yield
+    except BaseException:
+        log.removeFilter(keep)
+        for record in held:
+            log.handle(record)
+        raise
+    finally:
+        log.removeFilter(keep)
 
 
 def disable_dropout(model):
@@ -176,6 +214,14 @@ def make_run(exp_name, seed, args, rank=0):
     return run_name, writer
 
 
+def generate(model, **kwargs):
+    """model.generate(**kwargs) without a false alarm of transformers: generate() drops an attention mask of all ones
+    (prompts without padding) itself, then, once a finished row emits pad tokens, the model warns that a padded input
+    came without a mask. Only that warning, only here."""
+    with without_log("We strongly recommend passing in an `attention_mask`"):
+        return model.generate(**kwargs)
+
+
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts, max_new_tokens=64, temperature=1.0, batch_size=64):
     """Sample one completion per prompt (left-padded prompts, KV cache, pure sampling: no top-k, no top-p)."""
@@ -186,8 +232,8 @@ def sample_completions(model, tokenizer, prompts, max_new_tokens=64, temperature
     out = []
     for i in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
-        gen = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+        gen = generate(
+            model, **enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
         out += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
