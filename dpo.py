@@ -287,12 +287,23 @@ def evaluate(model, ref_model, ref_logps, chosen, rejected, eval_prompts, args, 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    models.check_args(
+        args,
+        positive=["pairs_per_prompt", "eval_pairs_per_prompt", "labeler_temperature", "num_train_prompts",
+                  "num_eval_prompts", "beta", "num_epochs", "per_device_batch_size", "gradient_accumulation_steps",
+                  "learning_rate", "max_length", "max_prompt_length", "eval_every", "eval_samples_per_prompt",
+                  "max_new_tokens", "temperature"],
+        non_negative=["rpo_alpha"],
+        rules=[("flip_rate", 0 <= args.flip_rate <= 1, "in [0, 1]"),
+               ("label_smoothing", 0 <= args.label_smoothing < 0.5, "in [0, 0.5)"),
+               ("label_smoothing", args.label_smoothing == 0 or args.loss_type == "sigmoid", "0 with this --loss-type"),
+               ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
+               ("max_prompt_length", args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
+    )
     rank, world, device, dtype = models.setup_distributed(args.cuda)
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), args.beta, args.loss_type,  # fail fast on bad flags
-             args.label_smoothing, args.label_smoothing_form, torch.ones(1), torch.ones(1), args.rpo_alpha)
 
     # Policy and reference: the same weights at the start; dropout off so log-prob ratios are not noisy
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)

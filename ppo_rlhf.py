@@ -281,7 +281,19 @@ def gold_of(prompts, texts):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    rank, world, device, dtype = models.setup_distributed(args.cuda)
+    rank, world, device, dtype = models.setup_distributed(args.cuda)  # first: the rollout is shared among the processes
+    models.check_args(
+        args,
+        positive=["num_eval_prompts", "total_episodes", "rollout_batch_size", "num_mini_batches", "num_ppo_epochs",
+                  "learning_rate", "max_grad_norm", "response_length", "max_prompt_length", "temperature", "target_kl",
+                  "kl_horizon", "cliprange", "cliprange_value", "log_samples_every"],
+        non_negative=["missing_eos_penalty", "kl_coef", "vf_coef", "ptx_coef"],
+        rules=[("gamma", 0 <= args.gamma <= 1, "in [0, 1]"), ("lam", 0 <= args.lam <= 1, "in [0, 1]"),
+               ("total_episodes", args.total_episodes >= args.rollout_batch_size, "at least --rollout-batch-size"),
+               ("rollout_batch_size", args.rollout_batch_size % world == 0, f"a multiple of the {world} process(es)"),
+               ("rollout_batch_size", args.rollout_batch_size >= world * args.num_mini_batches,
+                f"at least --num-mini-batches ({args.num_mini_batches}) per process")],
+    )
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else lambda *a, **k: None
@@ -289,6 +301,8 @@ if __name__ == "__main__":
 
     # Models: policy, frozen reference, reward (or gold), value; dropout off in all of them (N details)
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
+    if args.stop_token and args.stop_token not in tokenizer.get_vocab():
+        models.stop(f"--stop-token {args.stop_token!r} is not one token of the tokenizer of {args.model}")
     load = lambda loader, name: models.disable_dropout(loader(name, torch.float32, args.trust_remote_code)).to(device).eval()
     policy = load(models.load_causal_lm, args.model)
     ref_policy = copy.deepcopy(policy).requires_grad_(False)  # the frozen reference: the starting policy
@@ -341,12 +355,10 @@ if __name__ == "__main__":
         data.report(counts, "ptx demonstrations") if rank == 0 else None
 
     stop_ids = [tokenizer.eos_token_id] + ([tokenizer.convert_tokens_to_ids(args.stop_token)] if args.stop_token else [])
-    assert tokenizer.unk_token_id not in stop_ids, f"--stop-token {args.stop_token!r} is not one token of the tokenizer"
     gen_config = generation_config(tokenizer, stop_ids, args.response_length, args.temperature)
     num_updates = args.total_episodes // args.rollout_batch_size
     local_batch = args.rollout_batch_size // world  # this process's share of each rollout
     minibatch_size = local_batch // args.num_mini_batches
-    assert num_updates >= 1 and minibatch_size >= 1 and args.rollout_batch_size % world == 0, "need total_episodes >= rollout_batch_size >= num_mini_batches x processes"
 
     def evaluate():
         """Responses sampled for the held-out prompts (each process its share): mean gold, mean score, sequence KL to

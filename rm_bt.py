@@ -233,6 +233,17 @@ def evaluate(model, pairs, pad_id, device, args, gold_sign=None, chunk=128, rank
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    models.check_args(
+        args,
+        positive=["pairs_per_prompt", "num_train_prompts", "eval_pairs_per_prompt", "labeler_temperature", "num_epochs",
+                  "per_device_batch_size", "gradient_accumulation_steps", "learning_rate", "max_length",
+                  "max_prompt_length", "eval_every", "reference_size"],
+        non_negative=["center_coef", "weight_decay"],
+        rules=[("flip_rate", 0 <= args.flip_rate <= 1, "in [0, 1]"),
+               ("counterexample_frac", 0 <= args.counterexample_frac <= 1, "in [0, 1]"),
+               ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
+               ("max_prompt_length", args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
+    )
     rank, world, device, dtype = models.setup_distributed(args.cuda)
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)

@@ -236,9 +236,22 @@ def padded(values, K):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    rank, world, device, dtype = models.setup_distributed(args.cuda)  # first: the batches are shared among the processes
+    models.check_args(
+        args,
+        positive=["num_epochs", "prompts_per_batch", "learning_rate", "forward_chunk", "max_length", "max_prompt_length",
+                  "eval_every", "reference_size"],
+        non_negative=["num_train_prompts", "pairs_per_batch", "weight_decay"],
+        rules=[("k_min", args.k_min >= 2, "at least 2"),
+               ("k_max", args.k_max >= args.k_min, f"at least --k-min ({args.k_min})"),
+               ("prompts_per_batch", args.prompts_per_batch >= world, f"at least one per process ({world})"),
+               ("pairs_per_batch", args.pairs_per_batch == 0 or args.pairs_per_batch >= world,
+                f"0 or at least one per process ({world})"),
+               ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
+               ("max_prompt_length", args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
+    )
     if args.shuffle_pairs and args.loss != "pairwise":
         raise SystemExit("--shuffle-pairs trains on single pairs, so it needs --loss pairwise (Bradley-Terry on each pair)")
-    rank, world, device, dtype = models.setup_distributed(args.cuda)
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else lambda *a, **k: None

@@ -124,6 +124,14 @@ def collate(encoded, pad_id, device):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    models.check_args(
+        args,
+        positive=["demos_per_prompt", "num_epochs", "per_device_batch_size", "gradient_accumulation_steps",
+                  "learning_rate", "max_length", "max_prompt_length", "eval_every", "max_new_tokens", "temperature"],
+        non_negative=["weight_decay"],
+        rules=[("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
+               ("max_prompt_length", args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
+    )
     rank, world, device, dtype = models.setup_distributed(args.cuda)
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)  # the same on every rank: same init, same data order

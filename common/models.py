@@ -1,4 +1,5 @@
-"""Loading models and tokenizers, devices and torchrun, seeding, run directories, and reading a scalar reward."""
+"""Loading models and tokenizers, devices and torchrun, seeding, checking flags, run directories, and reading a
+scalar reward."""
 
 import logging
 import os
@@ -198,6 +199,25 @@ def seed_everything(seed, deterministic=True):
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = deterministic
+
+
+def check_args(args, positive=(), non_negative=(), rules=()):
+    """Stop before anything loads when flags are out of range, with one line per bad flag, named as it is typed:
+    `--per-device-batch-size must be a positive integer, got 0`. positive, non_negative: field names (an unset
+    Optional, None, passes); rules: (field, ok, requirement) for the rest, e.g.
+    ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)")."""
+    checks = []
+    for name in positive:
+        value = getattr(args, name)
+        kind = "integer" if isinstance(value, int) else "number"
+        checks.append((name, value is None or value > 0, f"a positive {kind}"))
+    for name in non_negative:
+        value = getattr(args, name)
+        checks.append((name, value is None or value >= 0, "non-negative"))
+    errors = [f"--{name.replace('_', '-')} must be {requirement}, got {getattr(args, name)}"
+              for name, ok, requirement in checks + list(rules) if not ok]
+    if errors:
+        stop("\n".join(errors))
 
 
 def make_run(exp_name, seed, args, rank=0):
