@@ -301,7 +301,6 @@ if __name__ == "__main__":
                ("max_prompt_length", args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
     )
     rank, world, device, dtype = models.setup_distributed(args.cuda)
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
@@ -358,6 +357,7 @@ if __name__ == "__main__":
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     eval_args = (eval_ref, eval_c, eval_r, eval_prompts, args, pad_id, tokenizer, device, autocast, rank, world)
 
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = ev = evaluate(model, ref_model, *eval_args)
     for key, v in before.items():  # step 0: the curves start at the reference policy
         if key != "samples":

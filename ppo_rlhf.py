@@ -294,7 +294,6 @@ if __name__ == "__main__":
                ("rollout_batch_size", args.rollout_batch_size >= world * args.num_mini_batches,
                 f"at least --num-mini-batches ({args.num_mini_batches}) per process")],
     )
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else lambda *a, **k: None
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
@@ -380,6 +379,7 @@ if __name__ == "__main__":
             if ev[k] is not None:
                 writer.add_scalar(f"eval/{k}", ev[k], episodes)
 
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate()
     log_eval(before, 0)  # step 0: the curves start at the base policy
     say(f"before training: eval score {before['score']:.3f}" + (f", gold {before['gold']:.3f}" if before["gold"] is not None else ""))

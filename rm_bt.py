@@ -245,7 +245,6 @@ if __name__ == "__main__":
                ("max_prompt_length", args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
     )
     rank, world, device, dtype = models.setup_distributed(args.cuda)
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else lambda *a, **k: None
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
@@ -309,6 +308,7 @@ if __name__ == "__main__":
             writer.add_scalar("eval/ceiling", ceiling, step)
         return ev
 
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = log_eval(0)
     say(f"before training: eval loss {before['loss']:.3f}, accuracy {before['accuracy']:.3f}, learning rate {lr:g}")
     rng = random.Random(args.seed)

@@ -252,7 +252,6 @@ if __name__ == "__main__":
     )
     if args.shuffle_pairs and args.loss != "pairwise":
         raise SystemExit("--shuffle-pairs trains on single pairs, so it needs --loss pairwise (Bradley-Terry on each pair)")
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else lambda *a, **k: None
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
@@ -320,6 +319,7 @@ if __name__ == "__main__":
             writer.add_scalar("eval/ceiling", ceiling, step)
         return ev
 
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = log_eval(0) if rank == 0 else None
     if rank == 0:
         print(f"before training: eval loss {before['loss']:.3f}, pairwise accuracy {before['accuracy']:.3f}")

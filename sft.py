@@ -133,7 +133,6 @@ if __name__ == "__main__":
                ("max_prompt_length", args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
     )
     rank, world, device, dtype = models.setup_distributed(args.cuda)
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)  # the same on every rank: same init, same data order
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
@@ -177,6 +176,7 @@ if __name__ == "__main__":
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate(model, tokenizer, eval_batches, eval_prompts, args, autocast, rank, world)
     if rank == 0:
         print(f"before training: eval loss {before['eval/loss']:.3f}" + (f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""))
