@@ -18,7 +18,6 @@ the accelerator; a CPU copy is kept only to measure KL on samples at evaluation 
 
 import copy
 import math
-import os
 import random
 import statistics
 import time
@@ -359,9 +358,7 @@ if __name__ == "__main__":
 
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = ev = evaluate(model, ref_model, *eval_args)
-    for key, v in before.items():  # step 0: the curves start at the reference policy
-        if key != "samples":
-            writer.add_scalar(key, v, 0)
+    models.log_scalars(writer, before, 0)  # step 0: the curves start at the reference policy
     if rank == 0:
         print(f"before training: eval loss {before['eval/loss']:.3f}" + (f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""))
     rng = random.Random(args.seed)
@@ -389,29 +386,24 @@ if __name__ == "__main__":
             bar.update(1)
             logged = models.reduce_mean(dict(sums))
             writer.add_scalar("train/loss", logged.pop("loss"), step)
-            for key, v in logged.items():
-                writer.add_scalar(key, v, step)
+            models.log_scalars(writer, logged, step)
             writer.add_scalar("charts/grad_norm", grad_norm.item(), step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/pairs_per_second", pairs_seen * world / (time.time() - start), step)
             if step % args.eval_every == 0 or step == num_steps:
                 ev = evaluate(model, ref_model, *eval_args)
-                for key, v in ev.items():
-                    if key != "samples":
-                        writer.add_scalar(key, v, step)
+                models.log_scalars(writer, ev, step)
                 bar.set_postfix(margin=f"{logged['rewards/margins']:.2f}", acc=f"{ev['eval/rewards/accuracies']:.2f}",
                                 **({"gold": f"{ev['eval/gold']:.2f}"} if "eval/gold" in ev else {}))
     bar.close()
 
     after = ev
-    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
     if rank == 0:
         if "samples" in after:
             writer.add_text("samples", "\n\n".join(f"**{p}** {r}" for p, r in after["samples"]), step)
             for p, r in after["samples"][:4]:
                 print(f"  {p} -> {r}")
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        out_dir = models.save(model, tokenizer, args.output_dir, run_name)
         acc0, acc1 = before["eval/rewards/accuracies"], after["eval/rewards/accuracies"]
         summary = f"dpo ({args.loss_type}, beta {args.beta}): eval accuracy {acc0:.2f} -> {acc1:.2f}"
         summary += f" (labeler ceiling {ceiling:.2f})" if ceiling is not None else ""
@@ -423,7 +415,4 @@ if __name__ == "__main__":
             summary += f", correct {before['eval/correct']:.0%} -> {after['eval/correct']:.0%}"
         elapsed = time.time() - start
         print(summary + f", {elapsed:.0f}s training ({pairs_seen * world / elapsed:.0f} pairs/s) on {world} process(es), saved to {out_dir}")
-    writer.close()
-    if world > 1:  # wait for rank 0's save, then all processes leave the group together
-        dist.barrier()
-        dist.destroy_process_group()
+    models.finish(writer)

@@ -10,7 +10,6 @@ details of RLHF with PPO" (Huang et al.): each detail is a commented line below.
 """
 
 import copy
-import os
 import random
 import time
 from collections import Counter, defaultdict
@@ -374,14 +373,9 @@ if __name__ == "__main__":
         out = models.reduce_mean({"score": sum(scores) / len(scores), "kl": sum(kls) / len(kls), "gold": gold or 0.0}, weight=len(prompts))
         return out | {"gold": out["gold"] if gold is not None else None, "samples": list(zip(prompts[:8], texts[:8], scores[:8]))}
 
-    def log_eval(ev, episodes):
-        for k in ("score", "kl", "gold"):
-            if ev[k] is not None:
-                writer.add_scalar(f"eval/{k}", ev[k], episodes)
-
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate()
-    log_eval(before, 0)  # step 0: the curves start at the base policy
+    models.log_scalars(writer, before, 0, prefix="eval/")  # step 0: the curves start at the base policy
     say(f"before training: eval score {before['score']:.3f}" + (f", gold {before['gold']:.3f}" if before["gold"] is not None else ""))
     rng = random.Random(args.seed)
     order, beta, episodes, start = [], args.kl_coef, 0, time.time()
@@ -452,13 +446,12 @@ if __name__ == "__main__":
             "charts/learning_rate": lr, "charts/SPS": episodes / (time.time() - start),
         } | ({"objective/gold": gold} if gold is not None else {}) | ({"loss/ptx_avg": avg["ptx"]} if "ptx" in avg else {})
         scalars = models.reduce_mean(scalars)  # averaged over processes (equal shares), so beta below moves the same everywhere
-        for k, v in scalars.items():
-            writer.add_scalar(k, v, episodes)
+        models.log_scalars(writer, scalars, episodes)
         if args.target_kl is not None:
             beta = adaptive_kl_update(beta, scalars["objective/kl"], args.target_kl, args.rollout_batch_size, args.kl_horizon)
         if update % args.log_samples_every == 0 or update == num_updates:
             after = evaluate()
-            log_eval(after, episodes)
+            models.log_scalars(writer, after, episodes, prefix="eval/")
             rows = "\n".join(f"|{p}|{t}|{s:.2f}|" for p, t, s in after["samples"])
             writer.add_text("samples", f"|prompt|response|score|\n|-|-|-|\n{rows}", episodes)
 
@@ -466,16 +459,11 @@ if __name__ == "__main__":
         checksums = [None] * world
         dist.all_gather_object(checksums, sum(p.double().sum().item() for p in params))
         say(f"weights identical on the {world} processes: {len(set(checksums)) == 1}")
-    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
     if rank == 0:  # rank 0 alone saves and reports
         for p, t, s in after["samples"][:4]:
             print(f"  {p} -> {t}  (score {s:.2f})")
-        policy.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        out_dir = models.save(policy, tokenizer, args.output_dir, run_name)
         summary = "ppo_rlhf:" + (f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD})," if after["gold"] is not None else "")
         summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f}," if reward_model is not None else ""
         print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
-    writer.close()
-    if world > 1:  # wait for rank 0's save, then all processes leave the group together
-        dist.barrier()
-        dist.destroy_process_group()
+    models.finish(writer)

@@ -14,7 +14,6 @@ mean 0 (std 1), stored in the saved config as reward_mean / reward_std: normaliz
 """
 
 import math
-import os
 import random
 import time
 from collections import Counter
@@ -302,8 +301,7 @@ if __name__ == "__main__":
     def log_eval(step):
         with autocast:
             ev = evaluate(model, eval_pairs, pad_id, device, args, gold_sign, rank=rank, world=world)
-        for k, v in ev.items():
-            writer.add_scalar(f"eval/{k}", v, step)
+        models.log_scalars(writer, ev, step, prefix="eval/")
         if ceiling is not None:
             writer.add_scalar("eval/ceiling", ceiling, step)
         return ev
@@ -347,8 +345,7 @@ if __name__ == "__main__":
                 "loss/train": bradley_terry_loss(rc, rr, m, args.center_coef).item(), "rewards/chosen": rc.mean().item(),
                 "rewards/rejected": rr.mean().item(), "rewards/margins": (rc - rr).mean().item(),
                 "rewards/accuracies": (rc > rr).float().mean().item()}, weight=len(mine))
-            for key, v in logged.items():
-                writer.add_scalar(key, v, step)
+            models.log_scalars(writer, logged, step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/epoch", epoch + (i + 1) / len(batches), step)
             writer.add_scalar("charts/pairs_per_second", step * global_batch / (time.time() - start), step)
@@ -359,8 +356,7 @@ if __name__ == "__main__":
     train_time = time.time() - start
 
     if rank != 0:  # rank 0 alone normalizes, saves and reports
-        dist.barrier()  # wait for rank 0, then all processes leave the group together
-        dist.destroy_process_group()
+        models.finish(writer)
         raise SystemExit(0)
     # Normalization: a bias so that reference responses score mean 0 (Stiennon et al.; InstructGPT uses the
     # demonstrations), and with --normalize-std a gain for std 1 (lm-human-preferences). ppo_rlhf.py applies it.
@@ -381,9 +377,7 @@ if __name__ == "__main__":
     writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
     writer.add_scalar("eval/reference_reward_std", ref.std(correction=0).item(), step)
 
-    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    out_dir = models.save(model, tokenizer, args.output_dir, run_name)
     summary = f"rm_bt: eval accuracy {before['accuracy']:.3f} -> {ev['accuracy']:.3f}"
     if ceiling is not None:
         summary += f" (labeler's ceiling {ceiling:.3f}, {100 * (ceiling - ev['accuracy']):.1f} points below)"
@@ -393,7 +387,4 @@ if __name__ == "__main__":
                 f"reward_mean {model.config.reward_mean:.3f} reward_std {model.config.reward_std:.3f}, "
                 f"{len(train) * args.num_epochs / train_time:.0f} pairs/s, {train_time:.0f}s on {world} process(es), saved to {out_dir}")
     print(summary)
-    writer.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    models.finish(writer)

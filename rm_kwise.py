@@ -16,7 +16,6 @@ normalization (normalized reward = (raw - reward_mean) / reward_std), as rm_bt.p
 """
 
 import math
-import os
 import random
 import time
 from collections import Counter
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 import tyro
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -313,8 +311,7 @@ if __name__ == "__main__":
     def log_eval(step):  # on rank 0 only (the plain model, no collective): the others go on and wait at the next all-reduce
         with autocast:
             ev, _ = evaluate(model, eval_ids, pad_id, device, loss_fn, gold, eval_lengths, args.forward_chunk)
-        for k, v in ev.items():
-            writer.add_scalar(f"eval/{k}", v, step)
+        models.log_scalars(writer, ev, step, prefix="eval/")
         if ceiling is not None:
             writer.add_scalar("eval/ceiling", ceiling, step)
         return ev
@@ -351,8 +348,7 @@ if __name__ == "__main__":
             logged = models.reduce_mean({"loss/train": loss.item()}, weight=len(mine))
             logged |= models.reduce_mean({"rewards/accuracies": ranking_metrics(scores, mask)["accuracy"]}, weight=int(_pairs(mask).sum()))
             logged |= models.reduce_mean({"rewards/mean": scores[mask].mean().item()}, weight=int(mask.sum()))
-            for key, v in logged.items():
-                writer.add_scalar(key, v, step)
+            models.log_scalars(writer, logged, step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/epoch", epoch + (b + 1) / len(batches), step)
             writer.add_scalar("charts/completions_per_second", sequences / (time.time() - start), step)
@@ -363,8 +359,7 @@ if __name__ == "__main__":
     train_time = time.time() - start
 
     if rank != 0:  # rank 0 alone normalizes, saves and reports
-        dist.barrier()  # wait for rank 0, then all processes leave the group together
-        dist.destroy_process_group()
+        models.finish(writer)
         raise SystemExit(0)
     # Normalization: the loss is shift-invariant, so set a bias for mean 0 on reference responses (Stiennon et
     # al., InstructGPT), and with --normalize-std a gain for std 1 (lm-human-preferences)
@@ -386,9 +381,7 @@ if __name__ == "__main__":
     writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
     writer.add_scalar("eval/reference_reward_std", ref.std().item(), step)
 
-    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    out_dir = models.save(model, tokenizer, args.output_dir, run_name)
     summary = f"rm_kwise ({args.loss}{', shuffled pairs' if args.shuffle_pairs else ''}): eval pairwise accuracy {before['accuracy']:.3f} -> {ev['accuracy']:.3f}"
     if ceiling is not None:
         summary += f" (labeler's ceiling {ceiling:.3f}, {100 * (ceiling - ev['accuracy']):.1f} points below)"
@@ -398,7 +391,4 @@ if __name__ == "__main__":
     summary += (f", reward-length corr {ev['reward_length_corr']:+.2f}, reward_mean {model.config.reward_mean:.3f} reward_std "
                 f"{model.config.reward_std:.3f}, {sequences / train_time:.0f} completions/s, {train_time:.0f}s on {world} process(es), saved to {out_dir}")
     print(summary)
-    writer.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    models.finish(writer)

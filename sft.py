@@ -9,7 +9,6 @@ With the defaults it trains the embedded task's small base policy from scratch o
 """
 
 import math
-import os
 import random
 import statistics
 import time
@@ -210,27 +209,20 @@ if __name__ == "__main__":
             writer.add_scalar("charts/tokens_per_second", tokens * world / (time.time() - start), step)
             if step % args.eval_every == 0 or step == num_steps:
                 ev = evaluate(model, tokenizer, eval_batches, eval_prompts, args, autocast, rank, world)
-                for k, v in ev.items():
-                    if k != "samples":
-                        writer.add_scalar(k, v, step)
+                models.log_scalars(writer, ev, step)
                 bar.set_postfix(loss=f"{loss_sum:.3f}", eval_loss=f"{ev['eval/loss']:.3f}")
     bar.close()
 
     after = ev
-    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
     if rank == 0:
         if "samples" in after:
             writer.add_text("samples", "\n\n".join(f"**{p}** {r}" for p, r in after["samples"]), step)
             for p, r in after["samples"][:4]:
                 print(f"  {p} -> {r}")
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        out_dir = models.save(model, tokenizer, args.output_dir, run_name)
         summary = f"sft: eval loss {before['eval/loss']:.3f} -> {after['eval/loss']:.3f}"
         if "eval/gold" in after:
             summary += (f", eval gold {before['eval/gold']:.3f} -> {after['eval/gold']:.3f} (best {task.BEST_GOLD}), "
                         f"states an answer {after['eval/states_answer']:.0%}, correct {after['eval/correct']:.0%}")
         print(summary + f", {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
-    writer.close()
-    if world > 1:  # wait for rank 0's save, then all processes leave the group together
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    models.finish(writer)

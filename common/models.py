@@ -234,6 +234,30 @@ def make_run(exp_name, seed, args, rank=0):
     return run_name, writer
 
 
+def save(model, tokenizer, output_dir, run_name):
+    """Save model and tokenizer to output_dir, or runs/<run_name>/model when it is ''; returns the directory."""
+    out_dir = output_dir or os.path.join("runs", run_name, "model")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def log_scalars(writer, values, step, prefix=""):
+    """Every number in a dict to TensorBoard, tagged prefix + key; the rest (None, samples) is skipped."""
+    for key, value in values.items():
+        if isinstance(value, (int, float)):
+            writer.add_scalar(prefix + key, value, step)
+
+
+def finish(writer):
+    """The end of a run: close the TensorBoard writer; under torchrun, wait for rank 0 (which saves), then all
+    processes leave the group together."""
+    writer.close()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def generate(model, **kwargs):
     """model.generate(**kwargs) without a false alarm of transformers: generate() drops an attention mask of all ones
     (prompts without padding) itself, then, once a finished row emits pad tokens, the model warns that a padded input
