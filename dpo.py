@@ -8,6 +8,7 @@ With c = log pi(y_w|x) - log pi_ref(y_w|x) and r = log pi(y_l|x) - log pi_ref(y_
     --label-smoothing e   conservative DPO (Mitchell 2023) or, with --label-smoothing-form robust,
                           robust DPO (Chowdhury et al. 2024): labels flipped with probability e
     --rpo-alpha a         + a * per-token NLL of y_w (RPO, Pang et al. 2024): keeps chosen likelihoods from falling
+
 The reference is the starting policy. Its log-probs are computed once before training and the reference leaves
 the accelerator; a CPU copy is kept only to measure KL on samples at evaluation (--no-eval-kl drops it).
     python dpo.py                                          # the bundled base policy on the embedded task's pairs
@@ -64,11 +65,11 @@ class Args:
     length_bias: float = 0.0
     """embedded task only: the labeler's preference per word of length"""
     num_train_prompts: Optional[int] = None
-    """embedded task only: use the first N train prompts (default all 1566; fewer for quick runs or data-size ablations)"""
+    """embedded task only: use the first N train prompts (None: all 1566; fewer for quick runs or data-size ablations)"""
     num_eval_prompts: Optional[int] = None
-    """sample on the first N eval prompts (default all: 174 on the embedded task, where it also limits the eval pairs)"""
+    """sample on the first N eval prompts (None: all, 174 on the embedded task, where it also limits the eval pairs)"""
     output_dir: str = ""
-    """where to save the model and tokenizer (default runs/<run_name>/model)"""
+    """where to save the model and tokenizer; '' saves to runs/<run_name>/model"""
 
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
     """sigmoid (DPO), ipo (per-token averaged log-ratios), hinge (SLiC); see dpo_loss"""
@@ -285,7 +286,7 @@ def evaluate(model, ref_model, ref_logps, chosen, rejected, eval_prompts, args, 
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, description=__doc__)
     models.check_args(
         args,
         positive=["pairs_per_prompt", "eval_pairs_per_prompt", "labeler_temperature", "num_train_prompts",

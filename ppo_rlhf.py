@@ -49,9 +49,9 @@ class Args:
     dataset: str = "embedded"
     """prompts: 'embedded' (the task's train prompts; its eval prompts for evaluation), or a .jsonl/.json file or hub dataset of {"prompt"} rows"""
     num_eval_prompts: Optional[int] = None
-    """evaluate on the first N held-out prompts only (default: all of them)"""
+    """evaluate on the first N held-out prompts only (None: all of them)"""
     output_dir: str = ""
-    """where to save the trained policy and tokenizer (default runs/<run_name>/model)"""
+    """where to save the trained policy and tokenizer; '' saves to runs/<run_name>/model"""
 
     total_episodes: int = 6400
     """prompts (and responses) to train on in all; updates = total_episodes // rollout_batch_size"""
@@ -279,7 +279,7 @@ def gold_of(prompts, texts):
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, description=__doc__)
     rank, world, device, dtype = models.setup_distributed(args.cuda)  # first: the rollout is shared among the processes
     models.check_args(
         args,

@@ -3,6 +3,7 @@
 The SFT model with its unembedding replaced by a scalar head scores prompt + response at the last real token;
 the loss makes the chosen response score above the rejected one:
     loss = -log sigmoid(r(x, y_w) - r(x, y_l) - m)  +  c * mean((r_w + r_l)^2)
+
 with an optional per-pair margin m (Llama 2) and an optional centering term (Eisenstein et al. 2023).
 After one epoch the reward gets a bias (and with --normalize-std a gain) so that reference responses score
 mean 0 (std 1), stored in the saved config as reward_mean / reward_std: normalized = (raw - reward_mean) / reward_std.
@@ -51,7 +52,7 @@ class Args:
     pairs_per_prompt: int = 16
     """embedded task only: training pairs per train prompt (1566 prompts); fresh pairs help more than extra epochs (8: 0.75 accuracy, 32: 0.83)"""
     num_train_prompts: Optional[int] = None
-    """embedded task only: use the first N train prompts (default all 1566; fewer for quick runs)"""
+    """embedded task only: use the first N train prompts (None: all 1566; fewer for quick runs)"""
     eval_pairs_per_prompt: int = 8
     """embedded task only: held-out pairs per eval prompt (174 prompts), so the accuracy estimate is tight"""
     labeler_temperature: float = 0.5
@@ -67,7 +68,7 @@ class Args:
     center_coef: float = 0.0
     """weight of the centering term c * mean((r_w + r_l)^2) (Eisenstein et al. 2023; TRL suggests 0.01)"""
     output_dir: str = ""
-    """where to save the reward model and tokenizer (default runs/<run_name>/model)"""
+    """where to save the reward model and tokenizer; '' saves to runs/<run_name>/model"""
     num_epochs: int = 1
     """passes over the pairs: one is the norm, more overfits (Stiennon et al., InstructGPT)"""
     per_device_batch_size: int = 32
@@ -77,7 +78,7 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     learning_rate: Optional[float] = None
-    """peak learning rate, linear warmup then cosine decay to 0 (default 1e-3 for the bundled 0.83M model, 1e-5 for any other model: a good value for gpt2-size models)"""
+    """peak learning rate, linear warmup then cosine decay to 0; None: 1e-3 for the bundled 0.83M model, else 1e-5 (good for gpt2-size models)"""
     warmup_ratio: float = 0.05
     """fraction of steps with linear warmup"""
     weight_decay: float = 0.0
@@ -231,7 +232,7 @@ def evaluate(model, pairs, pad_id, device, args, gold_sign=None, chunk=128, rank
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, description=__doc__)
     models.check_args(
         args,
         positive=["pairs_per_prompt", "num_train_prompts", "eval_pairs_per_prompt", "labeler_temperature", "num_epochs",

@@ -11,6 +11,7 @@ prompt, not 2 x C(K,2)); their scores are laid out as a (prompts, Kmax) tensor w
     python rm_kwise.py --loss pairwise --shuffle-pairs            # the ablation
     python rm_kwise.py --model gpt2 --dataset rankings.jsonl      # {"prompt", "completions": [best first, ...]}
     torchrun --nproc_per_node 4 rm_kwise.py --model gpt2 ...      # data parallel (DDP): each process takes 1/4 of every batch
+
 The saved model loads with AutoModelForSequenceClassification; config.reward_mean / reward_std hold the
 normalization (normalized reward = (raw - reward_mean) / reward_std), as rm_bt.py saves it.
 """
@@ -60,7 +61,7 @@ class Args:
     shuffle_pairs: bool = False
     """split every ranking into its C(K,2) pairs and shuffle them across the dataset as independent examples (needs --loss pairwise)"""
     output_dir: str = ""
-    """where to save the reward model and tokenizer (default runs/<run_name>/model)"""
+    """where to save the reward model and tokenizer; '' saves to runs/<run_name>/model"""
     num_epochs: int = 4
     """passes over the rankings"""
     prompts_per_batch: int = 16
@@ -233,7 +234,7 @@ def padded(values, K):
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, description=__doc__)
     rank, world, device, dtype = models.setup_distributed(args.cuda)  # first: the batches are shared among the processes
     models.check_args(
         args,

@@ -47,7 +47,7 @@ class Args:
     demos_per_prompt: int = 2
     """embedded task only: demonstrations per train prompt"""
     output_dir: str = ""
-    """where to save the model and tokenizer (default runs/<run_name>/model)"""
+    """where to save the model and tokenizer; '' saves to runs/<run_name>/model"""
     num_epochs: int = 16
     """passes over the demonstrations"""
     per_device_batch_size: int = 32
@@ -57,7 +57,7 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     learning_rate: Optional[float] = None
-    """peak learning rate (default 2e-3 from scratch, 2e-5 for a pretrained model)"""
+    """peak learning rate; None: 2e-3 from scratch, 2e-5 for a pretrained model"""
     warmup_ratio: float = 0.05
     """fraction of steps with linear warmup, then cosine decay to 0"""
     weight_decay: float = 0.0
@@ -122,7 +122,7 @@ def collate(encoded, pad_id, device):
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, description=__doc__)
     models.check_args(
         args,
         positive=["demos_per_prompt", "num_epochs", "per_device_batch_size", "gradient_accumulation_steps",
