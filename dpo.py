@@ -10,6 +10,7 @@ With c = log pi(y_w|x) - log pi_ref(y_w|x) and r = log pi(y_l|x) - log pi_ref(y_
                           robust DPO (Chowdhury et al. 2024): labels flipped with probability e
     --rpo-alpha a         + a * per-token NLL of y_w (RPO, Pang et al. 2024): keeps chosen likelihoods from falling;
                           averaged per sequence, then over pairs (TRL averages over all chosen tokens of the batch)
+
 The reference is the starting policy. Its log-probs are computed once before training and the reference leaves
 the accelerator; a CPU copy is kept only to measure KL on samples at evaluation (--no-eval-kl drops it).
     python dpo.py                                          # the bundled base policy on the embedded task's pairs
@@ -21,7 +22,6 @@ the accelerator; a CPU copy is kept only to measure KL on samples at evaluation 
 
 import copy
 import math
-import os
 import random
 import statistics
 import time
@@ -74,11 +74,11 @@ class Args:
     length_bias: float = 0.0
     """embedded task only: the labeler's preference per word of length"""
     num_train_prompts: Optional[int] = None
-    """embedded task only: use the first N train prompts (default all 1566; fewer for quick runs or data-size ablations)"""
+    """embedded task only: use the first N train prompts (None: all 1566; fewer for quick runs or data-size ablations)"""
     num_eval_prompts: Optional[int] = None
-    """sample on the first N eval prompts (default all: 174 on the embedded task, where it also limits the eval pairs)"""
+    """sample on the first N eval prompts (None: all, 174 on the embedded task, where it also limits the eval pairs)"""
     output_dir: str = ""
-    """where to save the model and tokenizer (default runs/<run_name>/model)"""
+    """where to save the model and tokenizer; '' saves to runs/<run_name>/model"""
 
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
     """sigmoid (DPO), ipo (per-token averaged log-ratios, also in the logged rewards), hinge (SLiC); see dpo_loss"""
@@ -303,13 +303,23 @@ def evaluate(model, ref_model, ref_logps, chosen, rejected, eval_prompts, eval_q
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, description=__doc__)
+    models.check_args(
+        args,
+        positive=["pairs_per_prompt", "eval_pairs_per_prompt", "labeler_temperature", "num_train_prompts",
+                  "num_eval_prompts", "beta", "num_epochs", "per_device_batch_size", "gradient_accumulation_steps",
+                  "learning_rate", "max_length", "max_prompt_length", "eval_every", "eval_samples_per_prompt",
+                  "max_new_tokens", "temperature"],
+        non_negative=["rpo_alpha"],
+        rules=[("flip_rate", 0 <= args.flip_rate <= 1, "in [0, 1]"),
+               ("label_smoothing", 0 <= args.label_smoothing < 0.5, "in [0, 0.5)"),
+               ("label_smoothing", args.label_smoothing == 0 or args.loss_type == "sigmoid", "0 with this --loss-type"),
+               ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
+               ("max_prompt_length", None in (args.max_length, args.max_prompt_length) or args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
+    )
     rank, world, device, dtype = models.setup_distributed(args.cuda)
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), args.beta, args.loss_type,  # fail fast on bad flags
-             args.label_smoothing, args.label_smoothing_form, torch.ones(1), torch.ones(1), args.rpo_alpha)
 
     # Data (read and checked before any model loads): preference pairs; the eval pairs are on prompts never trained on
     if args.dataset == "embedded":
@@ -374,10 +384,9 @@ if __name__ == "__main__":
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     eval_args = (eval_ref, eval_c, eval_r, eval_prompts, eval_queries, args, pad_id, tokenizer, device, autocast, rank, world)
 
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = ev = evaluate(model, ref_model, *eval_args)
-    for key, v in before.items():  # step 0: the curves start at the reference policy
-        if key != "samples":
-            writer.add_scalar(key, v, 0)
+    models.log_scalars(writer, before, 0)  # step 0: the curves start at the reference policy
     if rank == 0:
         print(f"before training: eval loss {before['eval/loss']:.3f}" + (f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""))
     rng = random.Random(args.seed)
@@ -406,29 +415,24 @@ if __name__ == "__main__":
             bar.update(1)
             logged = models.reduce_mean(dict(sums))  # the mean over ranks of the weighted sums: the global batch mean
             writer.add_scalar("train/loss", logged.pop("loss"), step)
-            for key, v in logged.items():
-                writer.add_scalar(key, v, step)
+            models.log_scalars(writer, logged, step)
             writer.add_scalar("charts/grad_norm", grad_norm.item(), step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/pairs_per_second", pairs_seen / (time.time() - start), step)
             if step % args.eval_every == 0 or step == num_steps:
                 ev = evaluate(model, ref_model, *eval_args)
-                for key, v in ev.items():
-                    if key != "samples":
-                        writer.add_scalar(key, v, step)
+                models.log_scalars(writer, ev, step)
                 bar.set_postfix(margin=f"{logged['rewards/margins']:.2f}", acc=f"{ev['eval/rewards/accuracies']:.2f}",
                                 **({"gold": f"{ev['eval/gold']:.2f}"} if "eval/gold" in ev else {}))
     bar.close()
 
     after = ev
-    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
     if rank == 0:
         if "samples" in after:
             writer.add_text("samples", "\n\n".join(f"**{p}** {r}" for p, r in after["samples"]), step)
             for p, r in after["samples"][:4]:
                 print(f"  {p} -> {r}")
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        out_dir = models.save(model, tokenizer, args.output_dir, run_name)
         acc0, acc1 = before["eval/rewards/accuracies"], after["eval/rewards/accuracies"]
         summary = f"dpo ({args.loss_type}, beta {args.beta}): eval accuracy {acc0:.2f} -> {acc1:.2f}"
         summary += f" (labeler ceiling {ceiling:.2f})" if ceiling is not None else ""
@@ -440,7 +444,4 @@ if __name__ == "__main__":
             summary += f", correct {before['eval/correct']:.0%} -> {after['eval/correct']:.0%}"
         elapsed = time.time() - start
         print(summary + f", {elapsed:.0f}s training ({pairs_seen / elapsed:.0f} pairs/s) on {world} process(es), saved to {out_dir}")
-    writer.close()
-    if world > 1:  # wait for rank 0's save, then all processes leave the group together
-        dist.barrier()
-        dist.destroy_process_group()
+    models.finish(writer)

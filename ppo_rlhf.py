@@ -12,7 +12,6 @@ details of RLHF with PPO" (Huang et al.): each detail is a commented line below.
 
 import copy
 import math
-import os
 import random
 import time
 from collections import Counter, defaultdict
@@ -60,9 +59,9 @@ class Args:
     dataset_test_split: Optional[str] = None
     """the split to evaluate on; if not given: test, else validation, else 5% of the prompts held out"""
     num_eval_prompts: Optional[int] = None
-    """evaluate on the first N held-out prompts only (default: all of them)"""
+    """evaluate on the first N held-out prompts only (None: all of them)"""
     output_dir: str = ""
-    """where to save the trained policy and tokenizer (default runs/<run_name>/model)"""
+    """where to save the trained policy and tokenizer; '' saves to runs/<run_name>/model"""
 
     total_episodes: int = 6400
     """prompts (and responses) to train on in all; updates = total_episodes // rollout_batch_size"""
@@ -256,7 +255,7 @@ def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temper
     device = next(policy.parameters()).device
     query = data.pad(queries, tokenizer.pad_token_id, side="left").to(device)  # left-padded for generation
     query_mask = data.pad([[1] * len(q) for q in queries], 0, side="left").to(device)
-    seq = policy.generate(input_ids=query, attention_mask=query_mask, generation_config=gen_config)
+    seq = models.generate(policy, input_ids=query, attention_mask=query_mask, generation_config=gen_config)
     context_length = query.shape[1]
     responses, resp_mask, stopped = truncate_after_stop(seq[:, context_length:], stop_ids, tokenizer.pad_token_id)
     seq = torch.cat([query, responses], dim=1)
@@ -276,9 +275,20 @@ def golds_of(prompts, texts):
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    rank, world, device, dtype = models.setup_distributed(args.cuda)
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
+    args = tyro.cli(Args, description=__doc__)
+    rank, world, device, dtype = models.setup_distributed(args.cuda)  # first: the rollout is shared among the processes
+    models.check_args(
+        args,
+        positive=["num_eval_prompts", "total_episodes", "rollout_batch_size", "num_mini_batches", "num_ppo_epochs",
+                  "learning_rate", "max_grad_norm", "response_length", "max_prompt_length", "temperature", "target_kl",
+                  "kl_horizon", "cliprange", "cliprange_value", "log_samples_every"],
+        non_negative=["missing_eos_penalty", "kl_coef", "vf_coef", "ptx_coef"],
+        rules=[("gamma", 0 <= args.gamma <= 1, "in [0, 1]"), ("lam", 0 <= args.lam <= 1, "in [0, 1]"),
+               ("total_episodes", args.total_episodes >= args.rollout_batch_size, "at least --rollout-batch-size"),
+               ("rollout_batch_size", args.rollout_batch_size % world == 0, f"a multiple of the {world} process(es)"),
+               ("rollout_batch_size", args.rollout_batch_size >= world * args.num_mini_batches,
+                f"at least --num-mini-batches ({args.num_mini_batches}) per process")],
+    )
     models.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else lambda *a, **k: None
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
@@ -352,8 +362,8 @@ if __name__ == "__main__":
     num_updates = args.total_episodes // args.rollout_batch_size
     local_batch = args.rollout_batch_size // world  # this process's share of each rollout
     minibatch_size = local_batch // args.num_mini_batches
-    assert train_prompts, "no train prompts: every prompt of the dataset went to its eval split"
-    assert num_updates >= 1 and minibatch_size >= 1 and args.rollout_batch_size % world == 0, "need total_episodes >= rollout_batch_size >= num_mini_batches x processes"
+    if not train_prompts:
+        raise SystemExit(f"--dataset {args.dataset}: no train prompts (all of them went to the eval split)")
 
     def evaluate(episodes):
         """Samples on the held-out prompts, a share per process (perhaps none): means of score, gold, sequence KL (k1)."""
@@ -372,6 +382,7 @@ if __name__ == "__main__":
         gold = None if math.isnan(out["gold"]) else out["gold"]
         return out | {"gold": gold, "samples": list(zip(prompts[:8], texts[:8], scores[:8]))}
 
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate(0)  # step 0: the curves start at the base policy
     say(f"before training: eval score {before['score']:.3f}" + (f", gold {before['gold']:.3f}" if before["gold"] is not None else ""))
     rng = random.Random(args.seed)
@@ -444,8 +455,7 @@ if __name__ == "__main__":
             "charts/learning_rate": lr, "charts/SPS": episodes / (time.time() - start),
         } | ({"objective/gold": sum(golds) / len(golds)} if golds else {}) | ({"loss/ptx_avg": avg["ptx"]} if "ptx" in avg else {})
         scalars = models.reduce_mean(scalars)  # averaged over processes (equal shares), so beta below moves the same everywhere
-        for k, v in scalars.items():
-            writer.add_scalar(k, v, episodes)
+        models.log_scalars(writer, scalars, episodes)
         if args.target_kl is not None:
             beta = adaptive_kl_update(beta, scalars["objective/kl"], args.target_kl, args.rollout_batch_size, args.kl_horizon)
         if update % args.log_samples_every == 0 or update == num_updates:
@@ -457,18 +467,13 @@ if __name__ == "__main__":
         checksums = [None] * world
         dist.all_gather_object(checksums, sum(p.double().sum().item() for p in params))
         say(f"weights identical on the {world} processes: {len(set(checksums)) == 1}")
-    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
     if rank == 0:  # rank 0 alone saves and reports
         for p, t, s in after["samples"][:4]:
             print(f"  {p} -> {t}  (score {s:.2f})")
-        policy.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        out_dir = models.save(policy, tokenizer, args.output_dir, run_name)
         summary = "ppo_rlhf:" + (f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD})," if after["gold"] is not None else "")
         summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f}," if reward["kind"] != "gold" else ""
         if rm_counts['truncated for the reward model']:
             print(f"{rm_counts['truncated for the reward model']} rollout sequences were cut at their start to fit the reward model")
         print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
-    writer.close()
-    if world > 1:  # wait for rank 0's save, then all processes leave the group together
-        dist.barrier()
-        dist.destroy_process_group()
+    models.finish(writer)

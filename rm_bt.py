@@ -3,6 +3,7 @@
 The SFT model with its unembedding replaced by a scalar head scores prompt + response at the last real token;
 the loss makes the chosen response score above the rejected one:
     loss = -log sigmoid(r(x, y_w) - r(x, y_l) - m)  +  c * mean((r_w + r_l)^2)
+
 with an optional per-pair margin m (Llama 2) and an optional centering term (Eisenstein et al. 2023).
 After one epoch the reward gets a bias (and with --normalize-std a gain) so that reference responses score
 mean 0 (std 1), stored in the saved config as reward_mean / reward_std: normalized = (raw - reward_mean) / reward_std.
@@ -15,7 +16,6 @@ mean 0 (std 1), stored in the saved config as reward_mean / reward_std: normaliz
 """
 
 import math
-import os
 import random
 import time
 from collections import Counter
@@ -59,7 +59,7 @@ class Args:
     pairs_per_prompt: int = 16
     """embedded task only: training pairs per train prompt (1566 prompts); fresh pairs help more than extra epochs (8: 0.75 accuracy, 32: 0.83)"""
     num_train_prompts: Optional[int] = None
-    """embedded task only: use the first N train prompts (default all 1566; fewer for quick runs)"""
+    """embedded task only: use the first N train prompts (None: all 1566; fewer for quick runs)"""
     eval_pairs_per_prompt: int = 8
     """embedded task only: held-out pairs per eval prompt (174 prompts), so the accuracy estimate is tight"""
     labeler_temperature: float = 0.5
@@ -75,7 +75,7 @@ class Args:
     center_coef: float = 0.0
     """weight of the centering term c * mean((r_w + r_l)^2) (Eisenstein et al. 2023; TRL suggests 0.01)"""
     output_dir: str = ""
-    """where to save the reward model and tokenizer (default runs/<run_name>/model)"""
+    """where to save the reward model and tokenizer; '' saves to runs/<run_name>/model"""
     num_epochs: int = 1
     """passes over the pairs: one is the norm, more overfits (Stiennon et al., InstructGPT)"""
     per_device_batch_size: int = 32
@@ -233,9 +233,19 @@ def evaluate(model, pairs, pad_id, device, args, gold_sign=None, chunk=128, rank
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, description=__doc__)
+    models.check_args(
+        args,
+        positive=["pairs_per_prompt", "num_train_prompts", "eval_pairs_per_prompt", "labeler_temperature", "num_epochs",
+                  "per_device_batch_size", "gradient_accumulation_steps", "learning_rate", "max_length",
+                  "max_prompt_length", "eval_every", "reference_size"],
+        non_negative=["center_coef", "weight_decay"],
+        rules=[("flip_rate", 0 <= args.flip_rate <= 1, "in [0, 1]"),
+               ("counterexample_frac", 0 <= args.counterexample_frac <= 1, "in [0, 1]"),
+               ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
+               ("max_prompt_length", None in (args.max_length, args.max_prompt_length) or args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
+    )
     rank, world, device, dtype = models.setup_distributed(args.cuda)
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else lambda *a, **k: None
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
@@ -308,12 +318,12 @@ if __name__ == "__main__":
     def log_eval(step):
         with autocast:
             ev = evaluate(model, eval_pairs, pad_id, device, args, gold_sign, rank=rank, world=world)
-        for k, v in ev.items():
-            writer.add_scalar(f"eval/{k}", v, step)
+        models.log_scalars(writer, ev, step, prefix="eval/")
         if ceiling is not None:
             writer.add_scalar("eval/ceiling", ceiling, step)
         return ev
 
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = log_eval(0)
     say(f"before training: eval loss {before['loss']:.3f}, accuracy {before['accuracy']:.3f}, learning rate {lr:g}")
     rng = random.Random(args.seed)
@@ -352,8 +362,7 @@ if __name__ == "__main__":
                 "loss/train": bradley_terry_loss(rc, rr, m, args.center_coef).item(), "rewards/chosen": rc.mean().item(),
                 "rewards/rejected": rr.mean().item(), "rewards/margins": (rc - rr).mean().item(),
                 "rewards/accuracies": (rc > rr).float().mean().item()}, weight=len(mine))
-            for key, v in logged.items():
-                writer.add_scalar(key, v, step)
+            models.log_scalars(writer, logged, step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/epoch", epoch + (i + 1) / len(batches), step)
             writer.add_scalar("charts/pairs_per_second", step * global_batch / (time.time() - start), step)
@@ -364,8 +373,7 @@ if __name__ == "__main__":
     train_time = time.time() - start
 
     if rank != 0:  # rank 0 alone normalizes, saves and reports
-        dist.barrier()  # wait for rank 0, then all processes leave the group together
-        dist.destroy_process_group()
+        models.finish(writer)
         raise SystemExit(0)
     # Normalization: a bias so that reference responses score mean 0 (Stiennon et al.; InstructGPT uses the
     # demonstrations), and with --normalize-std a gain for std 1 (lm-human-preferences). ppo_rlhf.py applies it.
@@ -379,9 +387,7 @@ if __name__ == "__main__":
     writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
     writer.add_scalar("eval/reference_reward_std", ref.std(correction=0).item(), step)
 
-    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    out_dir = models.save(model, tokenizer, args.output_dir, run_name)
     summary = f"rm_bt: eval accuracy {before['accuracy']:.3f} -> {ev['accuracy']:.3f}"
     if ceiling is not None:
         summary += f" (labeler's ceiling {ceiling:.3f}, {100 * (ceiling - ev['accuracy']):.1f} points below)"
@@ -391,7 +397,4 @@ if __name__ == "__main__":
                 f"reward_mean {model.config.reward_mean:.3f} reward_std {model.config.reward_std:.3f}, "
                 f"{len(train) * args.num_epochs / train_time:.0f} pairs/s, {train_time:.0f}s on {world} process(es), saved to {out_dir}")
     print(summary)
-    writer.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    models.finish(writer)

@@ -12,12 +12,12 @@ prompt, not 2 x C(K,2)); their scores are laid out as a (prompts, Kmax) tensor w
     python rm_kwise.py --model gpt2 --dataset rankings.jsonl      # {"prompt", "completions": [best first, ...]}
     python rm_kwise.py --model <SFT model> --dataset berkeley-nest/Nectar   # Starling's 7-wise rankings, as published
     torchrun --nproc_per_node 4 rm_kwise.py --model gpt2 ...      # data parallel (DDP): each process takes 1/4 of every batch
+
 The saved model loads with AutoModelForSequenceClassification; config.reward_mean / reward_std hold the
 normalization (normalized reward = (raw - reward_mean) / reward_std), as rm_bt.py saves it.
 """
 
 import math
-import os
 import random
 import time
 from collections import Counter
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 import tyro
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -69,7 +68,7 @@ class Args:
     shuffle_pairs: bool = False
     """split every ranking into its C(K,2) pairs and shuffle them across the dataset as independent examples (needs --loss pairwise)"""
     output_dir: str = ""
-    """where to save the reward model and tokenizer (default runs/<run_name>/model)"""
+    """where to save the reward model and tokenizer; '' saves to runs/<run_name>/model"""
     num_epochs: int = 4
     """passes over the rankings"""
     prompts_per_batch: int = 16
@@ -237,11 +236,23 @@ def padded(values, K):
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, description=__doc__)
+    rank, world, device, dtype = models.setup_distributed(args.cuda)  # first: the batches are shared among the processes
+    models.check_args(
+        args,
+        positive=["num_epochs", "prompts_per_batch", "learning_rate", "forward_chunk", "max_length", "max_prompt_length",
+                  "eval_every", "reference_size"],
+        non_negative=["num_train_prompts", "pairs_per_batch", "weight_decay"],
+        rules=[("k_min", args.k_min >= 2, "at least 2"),
+               ("k_max", args.k_max >= args.k_min, f"at least --k-min ({args.k_min})"),
+               ("prompts_per_batch", args.prompts_per_batch >= world, f"at least one per process ({world})"),
+               ("pairs_per_batch", args.pairs_per_batch == 0 or args.pairs_per_batch >= world,
+                f"0 or at least one per process ({world})"),
+               ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
+               ("max_prompt_length", None in (args.max_length, args.max_prompt_length) or args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
+    )
     if args.shuffle_pairs and args.loss != "pairwise":
         raise SystemExit("--shuffle-pairs trains on single pairs, so it needs --loss pairwise (Bradley-Terry on each pair)")
-    rank, world, device, dtype = models.setup_distributed(args.cuda)
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else lambda *a, **k: None
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
@@ -317,12 +328,12 @@ if __name__ == "__main__":
     def log_eval(step):  # on rank 0 only (the plain model, no collective): the others go on and wait at the next all-reduce
         with autocast:
             ev, _ = evaluate(model, eval_ids, pad_id, device, loss_fn, gold, eval_lengths, args.forward_chunk)
-        for k, v in ev.items():
-            writer.add_scalar(f"eval/{k}", v, step)
+        models.log_scalars(writer, ev, step, prefix="eval/")
         if ceiling is not None:
             writer.add_scalar("eval/ceiling", ceiling, step)
         return ev
 
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = log_eval(0) if rank == 0 else None
     if rank == 0:
         print(f"before training: eval loss {before['loss']:.3f}, pairwise accuracy {before['accuracy']:.3f}")
@@ -355,8 +366,7 @@ if __name__ == "__main__":
             logged = models.reduce_mean({"loss/train": loss.item()}, weight=len(mine))
             logged |= models.reduce_mean({"rewards/accuracies": ranking_metrics(scores, mask)["accuracy"]}, weight=int(_pairs(mask).sum()))
             logged |= models.reduce_mean({"rewards/mean": scores[mask].mean().item()}, weight=int(mask.sum()))
-            for key, v in logged.items():
-                writer.add_scalar(key, v, step)
+            models.log_scalars(writer, logged, step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/epoch", epoch + (b + 1) / len(batches), step)
             writer.add_scalar("charts/completions_per_second", sequences / (time.time() - start), step)
@@ -367,8 +377,7 @@ if __name__ == "__main__":
     train_time = time.time() - start
 
     if rank != 0:  # rank 0 alone normalizes, saves and reports
-        dist.barrier()  # wait for rank 0, then all processes leave the group together
-        dist.destroy_process_group()
+        models.finish(writer)
         raise SystemExit(0)
     # Normalization: the loss is shift-invariant, so set a bias for mean 0 on reference responses (Stiennon et
     # al., InstructGPT), and with --normalize-std a gain for std 1 (lm-human-preferences)
@@ -383,9 +392,7 @@ if __name__ == "__main__":
     writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
     writer.add_scalar("eval/reference_reward_std", ref.std(correction=0).item(), step)
 
-    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    out_dir = models.save(model, tokenizer, args.output_dir, run_name)
     summary = f"rm_kwise ({args.loss}{', shuffled pairs' if args.shuffle_pairs else ''}): eval pairwise accuracy {before['accuracy']:.3f} -> {ev['accuracy']:.3f}"
     if ceiling is not None:
         summary += f" (labeler's ceiling {ceiling:.3f}, {100 * (ceiling - ev['accuracy']):.1f} points below)"
@@ -395,7 +402,4 @@ if __name__ == "__main__":
     summary += (f", reward-length corr {ev['reward_length_corr']:+.2f}, reward_mean {model.config.reward_mean:.3f} reward_std "
                 f"{model.config.reward_std:.3f}, {sequences / train_time:.0f} completions/s, {train_time:.0f}s on {world} process(es), saved to {out_dir}")
     print(summary)
-    writer.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    models.finish(writer)

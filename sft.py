@@ -9,7 +9,6 @@ With the defaults it trains the embedded task's small base policy from scratch o
 """
 
 import math
-import os
 import random
 import time
 from collections import Counter
@@ -53,7 +52,7 @@ class Args:
     demos_per_prompt: int = 2
     """embedded task only: demonstrations per train prompt"""
     output_dir: str = ""
-    """where to save the model and tokenizer (default runs/<run_name>/model)"""
+    """where to save the model and tokenizer; '' saves to runs/<run_name>/model"""
     num_epochs: int = 16
     """passes over the demonstrations"""
     per_device_batch_size: int = 32
@@ -128,9 +127,16 @@ def collate(encoded, pad_id, device):
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, description=__doc__)
+    models.check_args(
+        args,
+        positive=["demos_per_prompt", "num_epochs", "per_device_batch_size", "gradient_accumulation_steps",
+                  "learning_rate", "max_length", "max_prompt_length", "eval_every", "max_new_tokens", "temperature"],
+        non_negative=["weight_decay"],
+        rules=[("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
+               ("max_prompt_length", None in (args.max_length, args.max_prompt_length) or args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
+    )
     rank, world, device, dtype = models.setup_distributed(args.cuda)
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)  # the same on every rank: same init, same data order
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
@@ -184,6 +190,7 @@ if __name__ == "__main__":
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
+    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate(model, tokenizer, eval_batches, eval_prompts, eval_queries, args, autocast, rank, world)
     if rank == 0:
         print(f"before training: eval loss {before['eval/loss']:.3f}" + (f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""))
@@ -219,27 +226,20 @@ if __name__ == "__main__":
             writer.add_scalar("charts/tokens_per_second", tokens * world / (time.time() - start), step)
             if step % args.eval_every == 0 or step == num_steps:
                 ev = evaluate(model, tokenizer, eval_batches, eval_prompts, eval_queries, args, autocast, rank, world)
-                for k, v in ev.items():
-                    if k != "samples":
-                        writer.add_scalar(k, v, step)
+                models.log_scalars(writer, ev, step)
                 bar.set_postfix(loss=f"{loss_sum:.3f}", eval_loss=f"{ev['eval/loss']:.3f}")
     bar.close()
 
     after = ev
-    out_dir = args.output_dir or os.path.join("runs", run_name, "model")
     if rank == 0:
         if "samples" in after:
             writer.add_text("samples", "\n\n".join(f"**{p}** {r}" for p, r in after["samples"]), step)
             for p, r in after["samples"][:4]:
                 print(f"  {p} -> {r}")
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        out_dir = models.save(model, tokenizer, args.output_dir, run_name)
         summary = f"sft: eval loss {before['eval/loss']:.3f} -> {after['eval/loss']:.3f}"
         if "eval/gold" in after:
             summary += (f", eval gold {before['eval/gold']:.3f} -> {after['eval/gold']:.3f} (best {task.BEST_GOLD}), "
                         f"states an answer {after['eval/states_answer']:.0%}, correct {after['eval/correct']:.0%}")
         print(summary + f", {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
-    writer.close()
-    if world > 1:  # wait for rank 0's save, then all processes leave the group together
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    models.finish(writer)

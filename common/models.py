@@ -1,14 +1,20 @@
-"""Loading models and tokenizers, devices and torchrun, seeding, run directories, and reading a scalar reward."""
+"""Loading models and tokenizers, devices and torchrun, seeding, checking flags, run directories, and reading a
+scalar reward."""
 
+import logging
 import math
 import os
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from huggingface_hub import get_hf_file_metadata, hf_hub_url, is_offline_mode, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from common import data
@@ -24,32 +30,110 @@ def resolve(name):
     return name
 
 
+def stop(message):
+    """End the run on a user's mistake: the message (once under torchrun: every process stops, rank 0 says why) and
+    exit code 1, no traceback."""
+    raise SystemExit(message if int(os.environ.get("RANK", 0)) == 0 else 1)
+
+
+def model_problem(name):
+    """Why name will not load, found before transformers tries (a traceback, or 48 s of retries without a network):
+    a path that does not exist or holds no model, a hub name neither in the local cache nor reachable; None when
+    it may load."""
+    path = Path(resolve(name))
+    if path.exists():
+        return None if (path / "config.json").is_file() else f"{name}: not a model directory (no config.json in it)"
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return f"{name}: no such file or directory"
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return None  # in the cache: it loads, online or not
+    missing = f"{name}: no such local directory, and not a model in the Hugging Face cache"
+    if is_offline_mode():
+        return f"{missing}; HF_HUB_OFFLINE is set, so the hub is not asked: download it first, or check the name"
+    try:  # one request, without retries: can the hub be reached at all?
+        get_hf_file_metadata(hf_hub_url(name, "config.json"), timeout=10)
+    except HfHubHTTPError:
+        return None  # the hub answered (no such model, a gated one): from_pretrained says what it said
+    except Exception as e:
+        return f"{missing}, and the hub is not reachable ({type(e).__name__}: {e})"
+    return None
+
+
+def from_pretrained(auto_class, name, **kwargs):
+    """auto_class.from_pretrained(name), or one line that says why it does not load, instead of a traceback."""
+    problem = model_problem(name)
+    if problem:
+        stop(problem)
+    try:
+        return auto_class.from_pretrained(resolve(name), **kwargs)
+    except OSError as e:  # a hub repository that does not exist or is gated, a model folder with missing files
+        stop(f"{name}: {str(e).splitlines()[0]}")
+
+
 def load_tokenizer(name, trust_remote_code=False):
     """The tokenizer, with a pad token set when it has none (GPT-2, Llama): padding is only ever read
     through the attention mask, so reusing EOS as pad is safe here."""
-    tok = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
+    tok = from_pretrained(AutoTokenizer, name, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
 
 
 def load_causal_lm(name, dtype=torch.float32, trust_remote_code=False):
-    return AutoModelForCausalLM.from_pretrained(resolve(name), dtype=dtype, trust_remote_code=trust_remote_code)
+    return from_pretrained(AutoModelForCausalLM, name, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 def load_reward_model(name, dtype=torch.float32, trust_remote_code=False, num_labels=1):
-    """A sequence-classification model. From a causal LM checkpoint the unembedding is replaced by a fresh scalar
-    head (InstructGPT starts the RM from the SFT model). num_labels=None keeps a classifier's own labels and refuses
-    a checkpoint that is not one (a reward model to read, not to train)."""
+    """A sequence-classification model. From a causal LM checkpoint the unembedding is replaced by a fresh scalar head
+    (InstructGPT starts the RM from the SFT model): said in one line, in place of transformers' load report, which
+    lists the head as MISSING (and an untied unembedding as UNEXPECTED). num_labels=None keeps a classifier's own
+    labels and refuses a checkpoint that is not one (a reward model to read, not to train)."""
     kwargs = {"num_labels": num_labels} if num_labels is not None else {}
     if num_labels is None:
-        config = AutoConfig.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
+        config = from_pretrained(AutoConfig, name, trust_remote_code=trust_remote_code)
         if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
             raise SystemExit(f"--reward-model {name} is not a sequence classifier (its architectures: "
                              f"{config.architectures}): train one with rm_bt.py or pass a reward model")
-    return AutoModelForSequenceClassification.from_pretrained(
-        resolve(name), dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
-    )
+    with without_log("LOAD REPORT"):
+        model, info = from_pretrained(AutoModelForSequenceClassification, name, dtype=dtype,
+                                      trust_remote_code=trust_remote_code, output_loading_info=True, **kwargs)
+    new = sorted(k for k in info["missing_keys"] if not k.startswith("score."))
+    unused = sorted(k for k in info["unexpected_keys"] if not k.startswith("lm_head."))
+    if int(os.environ.get("RANK", 0)) == 0:  # once under torchrun, not once per process
+        if any(k.startswith("score.") for k in info["missing_keys"]):
+            print(f"a fresh scalar head on {name} (the checkpoint has none)")
+        if new:
+            print(f"warning: {name}: weights not in the checkpoint, initialized at random: {', '.join(new)}")
+        if unused:
+            print(f"warning: {name}: weights in the checkpoint that the model does not use: {', '.join(unused)}")
+    return model
+
+
+@contextmanager
+def without_log(text, logger="transformers.modeling_utils"):
+    """Inside the block, hold back the records of a logger whose message contains text (a warning known to be a
+    false alarm here), and nothing else; if the block fails, they are let through after all: they may explain why."""
+    held = []
+
+    def keep(record):
+        if text in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    log = logging.getLogger(logger)
+    log.addFilter(keep)
+    try:
+        yield
+    except BaseException:
+        log.removeFilter(keep)
+        for record in held:
+            log.handle(record)
+        raise
+    finally:
+        log.removeFilter(keep)
 
 
 def _is_dropout_rate(name, value):
@@ -102,6 +186,8 @@ def fit_defaults(args, model, tokenizer, learning_rate, lengths, say=print):
     for field, (small_value, pretrained_value) in lengths.items():
         if getattr(args, field) is None:
             setattr(args, field, min(small_value if small else pretrained_value, context))
+    if "max_length" in lengths and getattr(args, "max_prompt_length", 0) >= args.max_length:  # --max-length given alone
+        args.max_prompt_length = args.max_length // 2
     chosen = ", ".join(f"{field} {getattr(args, field)}" for field in lengths)
     kind = "small" if small else "pretrained"
     say(f"learning rate {args.learning_rate:g}, {chosen} (where not given: the defaults for a {kind} model; "
@@ -219,6 +305,25 @@ def seed_everything(seed, deterministic=True):
     torch.backends.cudnn.deterministic = deterministic
 
 
+def check_args(args, positive=(), non_negative=(), rules=()):
+    """Stop before anything loads when flags are out of range, with one line per bad flag, named as it is typed:
+    `--per-device-batch-size must be a positive integer, got 0`. positive, non_negative: field names (an unset
+    Optional, None, passes); rules: (field, ok, requirement) for the rest, e.g.
+    ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)")."""
+    checks = []
+    for name in positive:
+        value = getattr(args, name)
+        kind = "integer" if isinstance(value, int) else "number"
+        checks.append((name, value is None or value > 0, f"a positive {kind}"))
+    for name in non_negative:
+        value = getattr(args, name)
+        checks.append((name, value is None or value >= 0, "non-negative"))
+    errors = [f"--{name.replace('_', '-')} must be {requirement}, got {getattr(args, name)}"
+              for name, ok, requirement in checks + list(rules) if not ok]
+    if errors:
+        stop("\n".join(errors))
+
+
 def make_run(exp_name, seed, args, rank=0):
     """run_name and a TensorBoard writer logging to runs/<run_name>, with the hyperparameters as a table
     (on rank 0; other ranks get a writer that writes nothing)."""
@@ -233,6 +338,38 @@ def make_run(exp_name, seed, args, rank=0):
     return run_name, writer
 
 
+def save(model, tokenizer, output_dir, run_name):
+    """Save model and tokenizer to output_dir, or runs/<run_name>/model when it is ''; returns the directory."""
+    out_dir = output_dir or os.path.join("runs", run_name, "model")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def log_scalars(writer, values, step, prefix=""):
+    """Every number in a dict to TensorBoard, tagged prefix + key; the rest (None, samples) is skipped."""
+    for key, value in values.items():
+        if isinstance(value, (int, float)):
+            writer.add_scalar(prefix + key, value, step)
+
+
+def finish(writer):
+    """The end of a run: close the TensorBoard writer; under torchrun, wait for rank 0 (which saves), then all
+    processes leave the group together."""
+    writer.close()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def generate(model, **kwargs):
+    """model.generate(**kwargs) without a false alarm of transformers: generate() drops an attention mask of all ones
+    (prompts without padding) itself, then, once a finished row emits pad tokens, the model warns that a padded input
+    came without a mask. Only that warning, only here."""
+    with without_log("We strongly recommend passing in an `attention_mask`"):
+        return model.generate(**kwargs)
+
+
 @torch.no_grad()
 def sample_completions(model, tokenizer, queries, max_new_tokens=64, temperature=1.0, batch_size=64):
     """Sample one completion per query (lists of prompt ids, left-padded here; KV cache; pure sampling: no top-k, no
@@ -245,9 +382,9 @@ def sample_completions(model, tokenizer, queries, max_new_tokens=64, temperature
         batch = queries[i : i + batch_size]
         ids = data.pad(batch, tokenizer.pad_token_id, side="left").to(device)
         mask = data.pad([[1] * len(q) for q in batch], 0, side="left").to(device)
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
-                             temperature=temperature, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
+        gen = generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
+                       temperature=temperature, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
+                       eos_token_id=tokenizer.eos_token_id)
         out += tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
     model.train(was_training)
     return [s.strip() for s in out]

@@ -39,13 +39,13 @@ sys.path.insert(0, str(ROOT))
 @dataclass
 class Args:
     out_dir: str = ""
-    """where results.csv, the plots and the runs' logs are written (default runs/study; with --quick runs/study_quick)"""
+    """where results.csv, the plots and the runs' logs are written; '' is runs/study (with --quick runs/study_quick)"""
     quick: bool = False
     """10 minutes instead of 50: fewer train prompts, shorter runs, fewer sweep points"""
     seed: int = 1
     """seed of every run"""
     only: str = ""
-    """comma-separated parts to run: frontier, overoptimization, length (default all)"""
+    """comma-separated parts to run: frontier, overoptimization, length; '' runs all three"""
     python: str = sys.executable
     """the interpreter that runs the scripts"""
     plot_only: bool = False
@@ -345,7 +345,7 @@ CONFIGS = {  # the whole study, and --quick
 }
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, description=__doc__)
     args.out_dir = args.out_dir or ("runs/study_quick" if args.quick else "runs/study")
     out = Path(args.out_dir)
     cfg = CONFIGS[args.quick]

@@ -69,6 +69,15 @@ def run_script(script, *args, timeout=600, cwd=None, nproc=1):
     return p.stdout
 
 
+def run_capture(script, *args, cwd, env=None, timeout=120):
+    """Run one of the scripts as a user would, without asserting that it succeeds (a user's mistake should stop it):
+    (exit code, stdout + stderr). env: variables to set (None removes one)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}
+    p = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    return p.returncode, p.stdout + p.stderr
+
+
 def scalars(run_root):
     """{tag: [values in step order]} from the one TensorBoard run under run_root (a script's runs/ directory)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from common import data, models, task
-from conftest import build_checkpoint, task_tokenizer
+from conftest import build_checkpoint
 
 PROMPT = "Which is larger, 12 or 7?"
 

@@ -2,7 +2,6 @@
 the preference and K-wise datasets as published, and every kind of reward model. The stand-ins (tests/standins.py)
 are local folders read through the same loaders as the hub names they imitate."""
 
-import json
 import re
 from collections import Counter
 
@@ -12,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import standins
 from common import data, models
-from conftest import ROOT, run_script
+from conftest import run_script
 
 SMALL = ["--per-device-batch-size", "4", "--eval-every", "1000"]
 

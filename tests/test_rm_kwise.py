@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
 from common import data, models, task

@@ -1,6 +1,5 @@
 """common/scoring.py: every kind of reward scores a response the same way whatever path it takes."""
 
-from collections import Counter
 
 import pytest
 import torch

@@ -1,0 +1,111 @@
+"""A user's mistake ends in a few lines that name the input, and a non-zero exit: no traceback, and no run directory
+left behind (issue 17). Each case runs a script as a user would, in an empty directory; all of them stop before
+training starts, most before any model loads. They run in parallel: each is mostly Python importing torch."""
+
+import ast
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import ROOT, run_capture
+
+EMPTY_CACHE = {"HF_HOME": "hf_home", "HF_HUB_CACHE": "hf_home/hub"}  # relative to the run's empty directory
+
+# name: (script, flags, environment, lines the output must contain)
+CASES = {
+    "zero sizes and a negative learning rate": (
+        "sft.py", ["--per-device-batch-size", "0", "--gradient-accumulation-steps", "0", "--num-epochs", "0",
+                   "--learning-rate", "-1e-05", "--eval-every", "0", "--warmup-ratio", "1"], {},
+        ["--per-device-batch-size must be a positive integer, got 0",
+         "--gradient-accumulation-steps must be a positive integer, got 0", "--num-epochs must be a positive integer, got 0",
+         "--learning-rate must be a positive number, got -1e-05", "--eval-every must be a positive integer, got 0",
+         "--warmup-ratio must be in [0, 1), got 1.0"]),
+    "rm_bt sizes and ranges": (
+        "rm_bt.py", ["--per-device-batch-size", "-4", "--learning-rate", "0", "--flip-rate", "1.5",
+                     "--max-prompt-length", "96"], {},
+        ["--per-device-batch-size must be a positive integer, got -4", "--learning-rate must be a positive number, got 0.0",
+         "--flip-rate must be in [0, 1], got 1.5", "--max-prompt-length must be below --max-length (96), got 96"]),
+    "rm_kwise sizes and K": (
+        "rm_kwise.py", ["--prompts-per-batch", "0", "--k-min", "5", "--k-max", "3", "--max-length", "0"], {},
+        ["--prompts-per-batch must be a positive integer, got 0", "--k-max must be at least --k-min (5), got 3",
+         "--max-length must be a positive integer, got 0"]),
+    "dpo label smoothing and beta": (
+        "dpo.py", ["--loss-type", "ipo", "--label-smoothing", "0.5", "--beta", "0", "--learning-rate", "-0.0003"], {},
+        ["--label-smoothing must be in [0, 0.5), got 0.5", "--label-smoothing must be 0 with this --loss-type, got 0.5",
+         "--beta must be a positive number, got 0.0", "--learning-rate must be a positive number, got -0.0003"]),
+    "ppo zero rollout batch and minibatches": (
+        "ppo_rlhf.py", ["--rollout-batch-size", "0", "--num-mini-batches", "0", "--num-ppo-epochs", "0",
+                        "--temperature", "0", "--gamma", "1.5"], {},
+        ["--rollout-batch-size must be a positive integer, got 0", "--num-mini-batches must be a positive integer, got 0",
+         "--num-ppo-epochs must be a positive integer, got 0", "--temperature must be a positive number, got 0.0",
+         "--gamma must be in [0, 1], got 1.5"]),
+    "ppo rollout smaller than its minibatches": (
+        "ppo_rlhf.py", ["--rollout-batch-size", "3", "--num-mini-batches", "4", "--total-episodes", "2"], {},
+        ["--rollout-batch-size must be at least --num-mini-batches (4) per process, got 3",
+         "--total-episodes must be at least --rollout-batch-size, got 2"]),
+    "a model path that does not exist": (
+        "dpo.py", ["--model", "/nonexistent"], {}, ["/nonexistent: no such file or directory"]),
+    "a reward model path that does not exist": (
+        "ppo_rlhf.py", ["--reward-model", "/nonexistent/rm"], {}, ["/nonexistent/rm: no such file or directory"]),
+    "a directory that holds no model": (
+        "dpo.py", ["--model", "."], {}, [".: not a model directory (no config.json in it)"]),
+    "a hub model, offline and not cached": (
+        "rm_bt.py", ["--model", "gpt2"], {**EMPTY_CACHE, "HF_HUB_OFFLINE": "1"},
+        ["gpt2: no such local directory, and not a model in the Hugging Face cache; HF_HUB_OFFLINE is set"]),
+    "a hub model, the hub unreachable and not cached": (  # a closed local port stands for no network: one quick refusal
+        "rm_kwise.py", ["--model", "gpt2"], {**EMPTY_CACHE, "HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"},
+        ["gpt2: no such local directory, and not a model in the Hugging Face cache, and the hub is not reachable"]),
+    "a stop token the tokenizer does not have": (
+        "ppo_rlhf.py", ["--stop-token", "<nope>"], {},
+        ["--stop-token '<nope>' is not one token of the tokenizer of common/bundled_model"]),
+}
+SCRIPTS = ["sft.py", "rm_bt.py", "rm_kwise.py", "ppo_rlhf.py", "dpo.py"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """{case or script --help: (directory it ran in, exit code, stdout + stderr)}, all run at once."""
+    def one(key):
+        cwd = tmp_path_factory.mktemp("run")
+        if key in CASES:
+            script, flags, env, _ = CASES[key]
+            return key, (cwd, *run_capture(script, *flags, cwd=cwd, env=env))
+        return key, (cwd, *run_capture(key, "--help", cwd=cwd, env={"COLUMNS": "1000"}))
+
+    with ThreadPoolExecutor(4) as pool:
+        return dict(pool.map(one, [*CASES, *SCRIPTS]))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_mistake_stops_the_run_with_lines_that_name_it(case, results):
+    cwd, code, out = results[case]
+    assert code != 0, out
+    assert "Traceback" not in out, out
+    for line in CASES[case][3]:
+        assert line in out, out
+    assert len(out.strip().splitlines()) <= len(CASES[case][3]) + 3, out  # a few lines, not a report
+    assert not (cwd / "runs").exists(), "a failed start left a run directory"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_says_what_the_script_does_and_each_default_once(script, results):
+    _, code, out = results[script]
+    assert code == 0, out
+    first_line = ast.get_docstring(ast.parse((ROOT / script).read_text())).splitlines()[0]
+    assert first_line in out, out
+    twice = [line for line in out.splitlines() if re.search(r"\(default\b.*\(default\b", line)]
+    assert not twice, twice
+
+
+def test_expected_warnings_are_replaced_by_one_line(tmp_path):
+    """A reward model from a causal LM gets a fresh head: one line says so, in place of transformers' load report;
+    and generate() on prompts without padding (the first 4 eval prompts) no longer warns about the attention mask."""
+    code, out = run_capture("ppo_rlhf.py", "--reward-model", "common/bundled_model", "--total-episodes", "8",
+                            "--rollout-batch-size", "8", "--num-mini-batches", "1", "--num-ppo-epochs", "1",
+                            "--num-eval-prompts", "4", "--response-length", "32", "--output-dir", str(tmp_path / "model"),
+                            cwd=tmp_path)
+    assert code == 0, out
+    assert "a fresh scalar head on common/bundled_model (the checkpoint has none)" in out
+    assert "LOAD REPORT" not in out and "MISSING" not in out, out
+    assert "attention_mask" not in out, out
