@@ -313,7 +313,15 @@ if __name__ == "__main__":
             ptx_rows = data.load_rows(args.ptx_dataset, "sft", verbose=rank == 0)[0]
 
     # Models: policy, frozen reference, reward, value; dropout off in all of them (N details)
+    scoring.check(args.reward_model)
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
+    stop_ids = [tokenizer.eos_token_id]
+    if args.stop_token:  # a token of the vocabulary, or a text that encodes to one (not by comparing with unk: GPT-2's is EOS)
+        vocab = tokenizer.get_vocab()
+        stop = [vocab[args.stop_token]] if args.stop_token in vocab else tokenizer(args.stop_token, add_special_tokens=False).input_ids
+        if len(stop) != 1:
+            models.stop(f"--stop-token {args.stop_token!r} is not one token of the tokenizer of {args.model} (it is {len(stop)})")
+        stop_ids += stop
     policy = models.disable_dropout(models.load_causal_lm(args.model, torch.float32, args.trust_remote_code)).to(device)
     ref_policy = copy.deepcopy(policy).eval().requires_grad_(False)  # the frozen reference: the starting policy
     models.fit_defaults(args, policy, tokenizer, (3e-4, 3e-6), {"max_prompt_length": (64, 512)}, say)
@@ -351,13 +359,6 @@ if __name__ == "__main__":
                                 args.max_prompt_length, counts) for r in ptx_rows]
         if rank == 0:
             data.report(counts, "ptx demonstrations")
-    stop_ids = [tokenizer.eos_token_id]
-    if args.stop_token:  # a token of the vocabulary, or a text that encodes to one (not by comparing with unk: GPT-2's is EOS)
-        vocab = tokenizer.get_vocab()
-        stop = [vocab[args.stop_token]] if args.stop_token in vocab else tokenizer(args.stop_token, add_special_tokens=False).input_ids
-        if len(stop) != 1:
-            raise SystemExit(f"--stop-token {args.stop_token!r} is {len(stop)} tokens for this tokenizer, not one")
-        stop_ids += stop
     gen_config = generation_config(tokenizer, stop_ids, args.response_length, args.temperature)
     num_updates = args.total_episodes // args.rollout_batch_size
     local_batch = args.rollout_batch_size // world  # this process's share of each rollout

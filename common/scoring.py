@@ -54,6 +54,20 @@ def _load_function(spec):
     return getattr(module, fn_name)
 
 
+def check(spec):
+    """Stop before anything loads when --reward-model names nothing that can be read (a missing file or model)."""
+    if spec == "gold":
+        return
+    if spec.endswith(".py") or ".py:" in spec:
+        path = spec.rpartition(":")[0] or spec
+        if not Path(path).is_file():
+            models.stop(f"--reward-model {spec}: no such file {path}")
+        return
+    problem = models.model_problem(spec)
+    if problem:
+        models.stop(problem)
+
+
 def load(spec, policy_tokenizer, label=None, device="cpu", trust_remote_code=False):
     """The reward as a dict for score(): {"kind", and per kind "fn" or "model", "tokenizer", "label", "same_vocab"}."""
     if spec == "gold":

@@ -23,7 +23,7 @@ CASES = {
          "--warmup-ratio must be in [0, 1), got 1.0"]),
     "rm_bt sizes and ranges": (
         "rm_bt.py", ["--per-device-batch-size", "-4", "--learning-rate", "0", "--flip-rate", "1.5",
-                     "--max-prompt-length", "96"], {},
+                     "--max-length", "96", "--max-prompt-length", "96"], {},
         ["--per-device-batch-size must be a positive integer, got -4", "--learning-rate must be a positive number, got 0.0",
          "--flip-rate must be in [0, 1], got 1.5", "--max-prompt-length must be below --max-length (96), got 96"]),
     "rm_kwise sizes and K": (
@@ -99,9 +99,9 @@ def test_help_says_what_the_script_does_and_each_default_once(script, results):
 
 
 def test_expected_warnings_are_replaced_by_one_line(tmp_path):
-    """A reward model from a causal LM gets a fresh head: one line says so, in place of transformers' load report;
+    """The value network from a causal LM gets a fresh head: one line says so, in place of transformers' load report;
     and generate() on prompts without padding (the first 4 eval prompts) no longer warns about the attention mask."""
-    code, out = run_capture("ppo_rlhf.py", "--reward-model", "common/bundled_model", "--total-episodes", "8",
+    code, out = run_capture("ppo_rlhf.py", "--total-episodes", "8",
                             "--rollout-batch-size", "8", "--num-mini-batches", "1", "--num-ppo-epochs", "1",
                             "--num-eval-prompts", "4", "--response-length", "32", "--output-dir", str(tmp_path / "model"),
                             cwd=tmp_path)
