@@ -173,7 +173,8 @@ def test_length_and_learning_rate_defaults_follow_the_model(hub, monkeypatch):
     given = Args()
     given.learning_rate, given.max_length = 0.5, 64
     models.fit_defaults(given, gpt2, None, (1e-3, 1e-5), lengths, say=models.quiet)
-    assert (given.learning_rate, given.max_length, given.max_prompt_length) == (0.5, 64, 512)
+    # --max-length 64 alone: the pretrained prompt default (512) would leave no room for the completion: half of it
+    assert (given.learning_rate, given.max_length, given.max_prompt_length) == (0.5, 64, 32)
 
 
 # ---------------------------------------------------------------- bad input on the hub path: one clear message
