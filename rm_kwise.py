@@ -46,6 +46,12 @@ class Args:
     """use CUDA when available (bf16 where supported)"""
     trust_remote_code: bool = False
     """allow model code from the hub (off unless you trust it)"""
+    track: bool = False
+    """also log the run to Weights & Biases (pip install wandb; WANDB_MODE=offline keeps it on this machine)"""
+    wandb_project_name: str = "rlhf-from-code"
+    """the W&B project of the run (with --track)"""
+    wandb_entity: Optional[str] = None
+    """the W&B team or user (with --track); None: your default entity"""
 
     model: str = models.BUNDLED_MODEL
     """the model to start from (the SFT model, as in InstructGPT): a hub name or local path; it gets a fresh scalar head"""

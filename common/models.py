@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -320,6 +321,11 @@ def check_args(args, positive=(), non_negative=(), rules=()):
         checks.append((name, value is None or value >= 0, "non-negative"))
     errors = [f"--{name.replace('_', '-')} must be {requirement}, got {getattr(args, name)}"
               for name, ok, requirement in checks + list(rules) if not ok]
+    if getattr(args, "track", False):
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            errors.append("--track logs to Weights & Biases, which is not installed: pip install wandb")
     if errors:
         stop("\n".join(errors))
 
@@ -332,6 +338,11 @@ def make_run(exp_name, seed, args, rank=0):
     run_name = f"{exp_name}__{seed}__{int(time.time())}"
     if rank != 0:
         return run_name, SilentWriter()
+    if getattr(args, "track", False):  # W&B mirrors every TensorBoard scalar (CleanRL's --track)
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                   name=run_name, save_code=True)
     writer = SummaryWriter(os.path.join("runs", run_name))
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
@@ -357,6 +368,8 @@ def finish(writer):
     """The end of a run: close the TensorBoard writer; under torchrun, wait for rank 0 (which saves), then all
     processes leave the group together."""
     writer.close()
+    if getattr(sys.modules.get("wandb"), "run", None) is not None:
+        sys.modules["wandb"].finish()
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import standins
 from common import data, models
-from conftest import run_script
+from conftest import ROOT, run_capture, run_script
 
 SMALL = ["--per-device-batch-size", "4", "--eval-every", "1000"]
 
@@ -33,12 +33,26 @@ def run(hub, script, *flags):
     return run_script(script, *flags, cwd=hub)
 
 
+def tracked(hub, script, *flags):
+    """run() with --track, in W&B's offline mode (conftest): the run's TensorBoard scalars are mirrored into a W&B run
+    (sync_tensorboard), found under wandb/offline-run-*/files/runs/<run_name>/ with the same scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    before = {p.name for p in (hub / "runs").glob("*")}
+    out = run(hub, script, *flags, "--track")
+    (new,) = {p.name for p in (hub / "runs").glob("*")} - before
+    (synced,) = hub.glob(f"wandb/offline-run-*/files/runs/{new}")
+    tags = EventAccumulator(str(synced)).Reload().Tags()["scalars"]
+    assert tags and set(tags) == set(EventAccumulator(str(hub / "runs" / new)).Reload().Tags()["scalars"])
+    return out
+
+
 # ---------------------------------------------------------------- the README's commands
 
 def test_dpo_on_hh_rlhf_with_gpt2(hub):
     """python dpo.py --model gpt2 --dataset Anthropic/hh-rlhf: GPT-2's one token for unk, bos and eos, no pad; hh-rlhf's
     implicit prompt."""
-    out = run(hub, "dpo.py", "--model", "gpt2", "--dataset", "hh-rlhf", *SMALL, "--output-dir", "dpo_hh")
+    out = tracked(hub, "dpo.py", "--model", "gpt2", "--dataset", "hh-rlhf", *SMALL, "--output-dir", "dpo_hh")
     assert "hh-rlhf: 24 pairwise rows from split train, 24 for evaluation (split test)" in out
     assert re.search(r"dpo \(sigmoid, beta 0.5\): eval accuracy 0.50 -> [\d.]+", out)
     assert AutoModelForCausalLM.from_pretrained(hub / "dpo_hh").config.model_type == "gpt2"
@@ -46,15 +60,15 @@ def test_dpo_on_hh_rlhf_with_gpt2(hub):
 
 def test_reward_model_on_trl_ultrafeedback_with_qwen2(hub):
     """Conversational rows with an implicit prompt, rendered with Qwen2's chat template (pad != eos)."""
-    out = run(hub, "rm_bt.py", "--model", "qwen2", "--dataset", "trl-ultrafeedback", *SMALL, "--output-dir", "rm_uf")
+    out = tracked(hub, "rm_bt.py", "--model", "qwen2", "--dataset", "trl-ultrafeedback", *SMALL, "--output-dir", "rm_uf")
     assert re.search(r"rm_bt: eval accuracy [\d.]+ -> [\d.]+", out)
     assert AutoModelForSequenceClassification.from_pretrained(hub / "rm_uf").config.num_labels == 1
 
 
 def test_plackett_luce_on_nectar_with_llama(hub):
     """Starling's recipe: Nectar's 7 answers ordered by their rank, Llama's BOS, a 5% held-out split (Nectar has one split)."""
-    out = run(hub, "rm_kwise.py", "--model", "llama", "--dataset", "nectar", "--prompts-per-batch", "4",
-              "--num-epochs", "1", "--output-dir", "rm_nectar")
+    out = tracked(hub, "rm_kwise.py", "--model", "llama", "--dataset", "nectar", "--prompts-per-batch", "4",
+                  "--num-epochs", "1", "--output-dir", "rm_nectar")
     assert "nectar: " in out and "of the prompts held out" in out
     assert re.search(r"rm_kwise \(plackett-luce\): eval pairwise accuracy [\d.]+ -> [\d.]+", out)
 
@@ -63,8 +77,9 @@ def test_gpt2_positive_reviews_with_a_sentiment_classifier(hub):
     """The classic: prompts from IMDb reviews, the POSITIVE logit of a DistilBERT classifier as the reward."""
     out = run(hub, "experiments/imdb_prompts.py", "--dataset", "imdb", "--num-prompts", "40")
     assert "24 prompts from imdb[train] written to imdb_prompts.jsonl" in out
-    out = run(hub, "ppo_rlhf.py", "--model", "gpt2", "--dataset", "imdb_prompts.jsonl", "--reward-model", "distilbert-imdb",
-              "--reward-label", "POSITIVE", "--total-episodes", "16", "--rollout-batch-size", "8", "--response-length", "12")
+    out = tracked(hub, "ppo_rlhf.py", "--model", "gpt2", "--dataset", "imdb_prompts.jsonl", "--reward-model",
+                  "distilbert-imdb", "--reward-label", "POSITIVE", "--total-episodes", "16", "--rollout-batch-size", "8",
+                  "--response-length", "12")
     assert "distilbert-imdb: an encoder classifier on its own tokenization, output 1 (POSITIVE)" in out
     assert re.search(r"ppo_rlhf: eval proxy score -?[\d.]+ -> -?[\d.]+", out)
 
@@ -88,7 +103,7 @@ def test_ppo_on_tldr_with_a_reward_model_from_rm_bt(hub):
     ("neox", "tldr", []),
 ])
 def test_sft_with_each_tokenizer(hub, kind, dataset, flags):
-    out = run(hub, "sft.py", "--model", kind, "--dataset", dataset, *flags, "--num-epochs", "1", *SMALL,
+    out = (tracked if kind == "gpt2" else run)(hub, "sft.py", "--model", kind, "--dataset", dataset, *flags, "--num-epochs", "1", *SMALL,
               "--output-dir", f"sft_{kind}")
     assert re.search(r"sft: eval loss [\d.]+ -> [\d.]+", out)
 
@@ -219,3 +234,11 @@ def test_hub_rows_that_fit_no_format_and_unknown_splits(hub, tmp_path):
         data.load_rows(str(hub / "imdb"), "pairwise")
     with pytest.raises(SystemExit, match="no such split; its splits are train_prefs, test_prefs, train_sft"):
         data.load_rows(str(hub / "h4-ultrafeedback"), "pairwise")
+
+
+def test_track_without_wandb_says_how_to_install_it(tmp_path):
+    """A Python where `import wandb` fails: one line, before anything loads."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None\n")
+    code, out = run_capture("rm_bt.py", "--track", cwd=tmp_path, env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    assert code != 0 and "--track logs to Weights & Biases, which is not installed: pip install wandb" in out
+    assert "Traceback" not in out and not (tmp_path / "runs").exists()
