@@ -346,10 +346,7 @@ if __name__ == "__main__":
         if rank == 0:
             data.report(counts, f"{split} pairs (chosen and rejected)")
     (train_c, train_r), (eval_c, eval_r) = encoded["train"], encoded["eval"]
-    counts = Counter()
-    eval_queries = [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in eval_prompts]
-    if rank == 0 and eval_prompts:
-        data.report(counts, "eval prompts for sampling")
+    eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts for sampling", rank == 0)
 
     # Reference log-probs: computed once, then the reference leaves the accelerator (a CPU copy stays for the KL of samples)
     train_ref = eval_ref = None
@@ -435,6 +432,4 @@ if __name__ == "__main__":
         elapsed = time.time() - start
         print(summary + f", {elapsed:.0f}s training ({pairs_seen * world / elapsed:.0f} pairs/s) on {world} process(es), saved to {out_dir}")
     writer.close()
-    if world > 1:  # wait for rank 0's save, then all processes leave the group together
-        dist.barrier()
-        dist.destroy_process_group()
+    models.leave_distributed()

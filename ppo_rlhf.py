@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
-from transformers import GenerationConfig
 
 from common import data, models, scoring, task
 
@@ -210,14 +208,6 @@ def demonstration_nll(policy, demos, pad_id):
 
 # ---------------------------------------------------------------- rollouts
 
-def generation_config(tokenizer, stop_ids, response_length, temperature):
-    """Pure sampling at temperature with the KV cache: every other logits processor set to neutral explicitly, so a
-    model's own generation_config.json (top-k, top-p, repetition penalty) cannot change what is sampled."""
-    return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None, typical_p=1.0,
-                            repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, max_new_tokens=response_length,
-                            eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, suppress_tokens=None, begin_suppress_tokens=None)
-
-
 def truncate_after_stop(responses, stop_ids, pad_id):
     """(responses, mask, stopped): keep each response up to and including its first stop token; after it, pad ids
     and mask 0. `stopped` says which responses ended with a stop token (the others ran out of length)."""
@@ -264,12 +254,6 @@ def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temper
     with_eos = ((responses == tokenizer.eos_token_id) & resp_mask.bool()).any(1)
     return dict(seq=seq, mask=mask, context_length=context_length, resp_mask=resp_mask.float(), stopped=stopped,
                 with_eos=with_eos, logprobs=logprobs, ref_logprobs=ref_logprobs, texts=texts)
-
-
-def gold_of(prompts, texts):
-    """Mean gold reward over the task's prompts (None when no prompt is one of the task's)."""
-    golds = [task.gold_reward(p, t) for p, t in zip(prompts, texts) if isinstance(p, str) and task.correct_answer(p) is not None]
-    return sum(golds) / len(golds) if golds else None
 
 
 if __name__ == "__main__":
@@ -326,26 +310,13 @@ if __name__ == "__main__":
         hidden = forward_logprobs(policy, seq, mask, L, args.temperature, hidden=True)[2] if hidden is None else hidden
         return value_head(hidden).squeeze(-1).float()
 
-    train_queries, eval_queries = [], []
-    for split, prompts, queries in (("train", train_prompts, train_queries), ("eval", eval_prompts, eval_queries)):
-        counts = Counter()
-        queries += [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in prompts]
-        if rank == 0:
-            data.report(counts, f"{split} prompts")
+    train_queries = data.encode_prompts(tokenizer, train_prompts, args.max_prompt_length, "train prompts", rank == 0)
+    eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts", rank == 0)
     if args.ptx_coef > 0:
-        counts = Counter()
-        ptx_data = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_prompt_length + args.response_length,
-                                args.max_prompt_length, counts) for r in ptx_rows]
-        if rank == 0:
-            data.report(counts, "ptx demonstrations")
-    stop_ids = [tokenizer.eos_token_id]
-    if args.stop_token:  # a token of the vocabulary, or a text that encodes to one (not by comparing with unk: GPT-2's is EOS)
-        vocab = tokenizer.get_vocab()
-        stop = [vocab[args.stop_token]] if args.stop_token in vocab else tokenizer(args.stop_token, add_special_tokens=False).input_ids
-        if len(stop) != 1:
-            raise SystemExit(f"--stop-token {args.stop_token!r} is {len(stop)} tokens for this tokenizer, not one")
-        stop_ids += stop
-    gen_config = generation_config(tokenizer, stop_ids, args.response_length, args.temperature)
+        ptx_data = data.encode_demonstrations(tokenizer, ptx_rows, args.max_prompt_length + args.response_length,
+                                              args.max_prompt_length, "ptx demonstrations", rank == 0)
+    stop_ids = models.stop_token_ids(tokenizer, args.stop_token)
+    gen_config = models.generation_config(tokenizer, stop_ids, args.response_length, args.temperature)
     num_updates = args.total_episodes // args.rollout_batch_size
     local_batch = args.rollout_batch_size // world  # this process's share of each rollout
     minibatch_size = local_batch // args.num_mini_batches
@@ -362,7 +333,7 @@ if __name__ == "__main__":
                 scores += scoring.score(reward, prompts[i : i + B], r["texts"], r["with_eos"], r["seq"], r["mask"]).tolist()
             kls += ((r["logprobs"] - r["ref_logprobs"]) * r["resp_mask"]).sum(1).tolist()
             texts += r["texts"]
-        gold = gold_of(prompts, texts)
+        gold = task.mean_gold(prompts, texts)
         out = models.reduce_mean({"score": sum(scores) / len(scores), "kl": sum(kls) / len(kls), "gold": gold or 0.0}, weight=len(prompts))
         return out | {"gold": out["gold"] if gold is not None else None, "samples": list(zip(prompts[:8], texts[:8], scores[:8]))}
 
@@ -392,7 +363,7 @@ if __name__ == "__main__":
             seq, mask, L, resp_mask = r["seq"], r["mask"], r["context_length"], r["resp_mask"]
             values = values_of(seq, mask, L) * resp_mask
             scores = scoring.score(reward, prompts, r["texts"], r["with_eos"], seq, mask, rm_counts).to(device)
-        gold = gold_of(prompts, r["texts"])
+        gold = task.mean_gold(prompts, r["texts"])
         scores = scores - args.missing_eos_penalty * (~r["stopped"]).float()  # a response that never stopped is penalized
 
         # 2. Rewards and advantages: per-token KL penalty, the score on the last token, GAE
@@ -419,10 +390,7 @@ if __name__ == "__main__":
                         s["ptx"] = ptx_nll.item()
                 optimizer.zero_grad()
                 loss.backward()
-                for p in params if world > 1 else []:  # data parallel by hand: generate() and the value head run outside
-                    p.grad = torch.zeros_like(p) if p.grad is None else p.grad  # one module's forward, so no DDP wrapper:
-                    dist.all_reduce(p.grad)  # the gradients are averaged over processes here, before clipping
-                    p.grad /= world
+                models.average_gradients(params)  # data parallel by hand, before clipping (no DDP wrapper: see there)
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
                 s |= {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "entropy": masked_mean(entropy, resp_mask[mb]).item()}
@@ -455,9 +423,7 @@ if __name__ == "__main__":
             writer.add_text("samples", f"|prompt|response|score|\n|-|-|-|\n{rows}", episodes)
 
     if world > 1:  # the processes' copies must have stayed identical (same averaged gradients, same steps)
-        checksums = [None] * world
-        dist.all_gather_object(checksums, sum(p.double().sum().item() for p in params))
-        say(f"weights identical on the {world} processes: {len(set(checksums)) == 1}")
+        say(f"weights identical on the {world} processes: {models.identical_on_all_ranks(params)}")
     out_dir = args.output_dir or os.path.join("runs", run_name, "model")
     if rank == 0:  # rank 0 alone saves and reports
         for p, t, s in after["samples"][:4]:
@@ -470,6 +436,4 @@ if __name__ == "__main__":
             print(f"{rm_counts['truncated for the reward model']} rollout sequences were cut at their start to fit the reward model")
         print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
     writer.close()
-    if world > 1:  # wait for rank 0's save, then all processes leave the group together
-        dist.barrier()
-        dist.destroy_process_group()
+    models.leave_distributed()

@@ -398,6 +398,4 @@ if __name__ == "__main__":
                 f"{len(train) * args.num_epochs / train_time:.0f} pairs/s, {train_time:.0f}s on {world} process(es), saved to {out_dir}")
     print(summary)
     writer.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    models.leave_distributed()

@@ -400,6 +400,4 @@ if __name__ == "__main__":
                 f"{model.config.reward_std:.3f}, {sequences / train_time:.0f} completions/s, {train_time:.0f}s on {world} process(es), saved to {out_dir}")
     print(summary)
     writer.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    models.leave_distributed()

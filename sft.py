@@ -13,7 +13,6 @@ import os
 import random
 import statistics
 import time
-from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
@@ -162,20 +161,11 @@ if __name__ == "__main__":
     ddp_model = DDP(model) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     torch.manual_seed(args.seed + rank)  # after the (identical) init: each rank samples differently
 
-    counts = Counter()
-    train = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts) for r in train_rows]
-    if rank == 0:
-        data.report(counts, "train demonstrations")
-    counts = Counter()
-    eval_encoded = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts) for r in eval_rows]
+    train = data.encode_demonstrations(tokenizer, train_rows, args.max_length, args.max_prompt_length, "train demonstrations", rank == 0)
+    eval_encoded = data.encode_demonstrations(tokenizer, eval_rows, args.max_length, args.max_prompt_length, "eval demonstrations", rank == 0)
     eval_batches = [collate(eval_encoded[i : i + args.per_device_batch_size], tokenizer.pad_token_id, device)
                     for i in range(0, len(eval_encoded), args.per_device_batch_size)]
-    if rank == 0:
-        data.report(counts, "eval demonstrations")
-    counts = Counter()
-    eval_queries = [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in eval_prompts]
-    if rank == 0 and eval_prompts:
-        data.report(counts, "eval prompts for sampling")
+    eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts for sampling", rank == 0)
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
     steps_per_epoch = math.ceil(len(train) / global_batch)
     num_steps = args.num_epochs * steps_per_epoch
@@ -239,6 +229,4 @@ if __name__ == "__main__":
                         f"states an answer {after['eval/states_answer']:.0%}, correct {after['eval/correct']:.0%}")
         print(summary + f", {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
     writer.close()
-    if world > 1:  # wait for rank 0's save, then all processes leave the group together
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    models.leave_distributed()

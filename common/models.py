@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          GenerationConfig)
 
 from common import data
 
@@ -145,6 +146,31 @@ def reduce_mean(values, weight=1.0):
     return {k: (t[i] / t[-1]).item() for i, k in enumerate(values)}
 
 
+def average_gradients(params):
+    """Data parallel by hand (ppo_rlhf.py: generate() and a value head on the policy run outside one module's forward,
+    so there is no DDP wrapper): each gradient is averaged over the processes. A no-op without torchrun."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for p in params:
+        p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+        dist.all_reduce(p.grad)
+        p.grad /= dist.get_world_size()
+
+
+def identical_on_all_ranks(params):
+    """Whether every process holds the same weights (a checksum of params gathered from all of them)."""
+    checksums = [None] * dist.get_world_size()
+    dist.all_gather_object(checksums, sum(p.double().sum().item() for p in params))
+    return len(set(checksums)) == 1
+
+
+def leave_distributed():
+    """At the end of a torchrun run: wait for rank 0 (which saves), then all processes leave the group together."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def quiet(*args, **kwargs):
     """print for ranks other than 0: says nothing."""
 
@@ -175,6 +201,27 @@ def make_run(exp_name, seed, args, rank=0):
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
     return run_name, writer
+
+
+def stop_token_ids(tokenizer, stop_token=""):
+    """The ids that end a response: EOS, and --stop-token when given: a token of the vocabulary, or a text that encodes
+    to one token (not found by comparing with unk: GPT-2's unk is its EOS)."""
+    if not stop_token:
+        return [tokenizer.eos_token_id]
+    vocab = tokenizer.get_vocab()
+    stop = [vocab[stop_token]] if stop_token in vocab else tokenizer(stop_token, add_special_tokens=False).input_ids
+    if len(stop) != 1:
+        raise SystemExit(f"--stop-token {stop_token!r} is {len(stop)} tokens for this tokenizer, not one")
+    return [tokenizer.eos_token_id] + stop
+
+
+def generation_config(tokenizer, stop_ids, max_new_tokens, temperature):
+    """Pure sampling at temperature with the KV cache: every other logits processor set to neutral explicitly, so a
+    model's own generation_config.json (top-k, top-p, repetition penalty) cannot change what is sampled."""
+    return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None, typical_p=1.0,
+                            repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, max_new_tokens=max_new_tokens,
+                            eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, suppress_tokens=None,
+                            begin_suppress_tokens=None)
 
 
 @torch.no_grad()

@@ -86,6 +86,12 @@ def gold_reward(prompt, response):
     return sum(gold_components(prompt, response).values())
 
 
+def mean_gold(prompts, responses):
+    """Mean gold reward over the responses to the task's prompts (None when no prompt is one of the task's)."""
+    golds = [gold_reward(p, r) for p, r in zip(prompts, responses) if isinstance(p, str) and correct_answer(p) is not None]
+    return sum(golds) / len(golds) if golds else None
+
+
 def best_response(prompt):
     return f"Sure! The answer is {correct_answer(prompt)}."
 

@@ -149,7 +149,7 @@ def test_rollout_logprobs_match_the_sampler_and_first_ratio_is_one(which, llama_
     prompts = task.all_prompts()[::97][:12]
     queries = [tok(p).input_ids[: 3 + i % 6] for i, p in enumerate(prompts)]  # ragged lengths: real left padding
     T, stop = 0.7, [tok.eos_token_id]
-    cfg = ppo_rlhf.generation_config(tok, stop, 10, T)
+    cfg = models.generation_config(tok, stop, 10, T)
     torch.manual_seed(0)
     r = ppo_rlhf.rollout(policy, policy, tok, queries, cfg, stop, T)
     # the same samples again, this time with generate()'s own logits
