@@ -331,7 +331,7 @@ if __name__ == "__main__":
                         print if rank == 0 else models.quiet)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        models.checkpoint_activations(model)
     model.to(device)
     ref_model.to(device)
     ddp_model = DDP(model) if world > 1 else model

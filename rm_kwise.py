@@ -281,7 +281,7 @@ if __name__ == "__main__":
     model.config.pad_token_id = tokenizer.pad_token_id
     models.fit_defaults(args, model, tokenizer, (1e-3, 1e-5), {"max_length": (96, 1024), "max_prompt_length": (32, 512)}, say)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        models.checkpoint_activations(model)
     ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     loss_fn = LOSSES[args.loss]
 

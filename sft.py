@@ -156,7 +156,7 @@ if __name__ == "__main__":
                         print if rank == 0 else models.quiet)
     lr = args.learning_rate
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        models.checkpoint_activations(model)
     model.to(device)
     ddp_model = DDP(model) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     torch.manual_seed(args.seed + rank)  # after the (identical) init: each rank samples differently

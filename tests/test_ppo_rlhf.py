@@ -178,6 +178,47 @@ def test_rollout_logprobs_match_the_sampler_and_first_ratio_is_one(which, llama_
         assert ppo_rlhf.ppo_losses(no_pos, r["logprobs"][mb], adv, zeros, zeros, zeros, m[mb])[2]["approxkl"] > 1e-4
 
 
+def test_gradient_checkpointing_recomputes_in_the_update_and_rollouts_keep_the_kv_cache():
+    """--gradient-checkpointing on the policy and the value network: in the update each block runs again in the
+    backward pass (its activations recomputed, not stored) and the gradients are those without it; rollouts still
+    sample with the KV cache (one new token per forward after the prompt), although the policy is in training mode,
+    and sample what they sample without checkpointing (in training mode the blocks would drop the cache silently)."""
+    tok = models.load_tokenizer(models.BUNDLED_MODEL)
+    queries = [tok(p).input_ids for p in task.all_prompts()[:4]]
+    stop = [tok.eos_token_id]
+    cfg = models.generation_config(tok, stop, 6, 1.0)
+    lengths = []  # the sequence length inside the first block at each of its forwards, policy and value network
+
+    def counted(forward):  # module hooks stay outside the checkpoint (not re-run): count the forward itself
+        def forward_and_count(hidden_states):
+            lengths.append(hidden_states.shape[1])
+            return forward(hidden_states)
+        return forward_and_count
+
+    grads, samples = {}, {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same fresh value head both times
+        policy, value_model = models.load_causal_lm(models.BUNDLED_MODEL), models.load_reward_model(models.BUNDLED_MODEL)
+        for model in (policy, value_model):
+            if checkpointing:
+                models.checkpoint_activations(model)  # as the script does: in training mode, where it acts
+            model.base_model.h[0].mlp.forward = counted(model.base_model.h[0].mlp.forward)
+        lengths.clear()
+        torch.manual_seed(0)
+        r = ppo_rlhf.rollout(policy, policy, tok, queries, cfg, stop, 1.0)
+        assert policy.training == checkpointing and lengths[1:6] == [1] * 5, lengths  # the prompt, then a token at a time
+        samples[checkpointing] = r["seq"]
+        lengths.clear()
+        logprobs, _, _ = ppo_rlhf.forward_logprobs(policy, r["seq"], r["mask"], r["context_length"], 1.0)
+        values = ppo_rlhf.forward_values(value_model, r["seq"], r["mask"], r["context_length"])
+        (logprobs.sum() + values.sum()).backward()
+        assert len(lengths) == (4 if checkpointing else 2)  # policy and value network forward, and again in backward
+        grads[checkpointing] = [p.grad for p in [*policy.parameters(), *value_model.parameters()]]
+    assert torch.equal(samples[False], samples[True])
+    for a, b in zip(grads[False], grads[True]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def save_reward_model(path, tokenizer, mean=0.3, std=2.0, seed=0):
     """A reward-model directory in rm_bt.py's format: a sequence classifier, reward_mean/std in its config, the tokenizer."""
     torch.manual_seed(seed)
