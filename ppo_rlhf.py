@@ -8,15 +8,17 @@ details of RLHF with PPO" (Huang et al.): each detail is a commented line below.
     python ppo_rlhf.py --model gpt2 --reward-model lvwerra/distilbert-imdb --reward-label POSITIVE --dataset imdb_prompts.jsonl
     python ppo_rlhf.py --model <SFT model> --reward-model my_rewards.py:reward --dataset trl-lib/tldr   # a Python function
     torchrun --nproc_per_node 4 ppo_rlhf.py --model gpt2 ...       # data parallel: each process rolls out 1/4 of the prompts
+    python ppo_rlhf.py --model <7B SFT model> --reward-model <RM> --use-peft --gradient-checkpointing   # one GPU (README)
+With --use-peft the policy and the value network train LoRA adapters (the value network's head too) and the reference
+is the policy with its adapters off: no second copy. Frozen weights are bf16 on GPUs that support it.
 """
 
-import copy
 import os
 import random
 import time
 from collections import Counter, defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import torch
@@ -41,7 +43,7 @@ class Args:
     """allow model code from the hub (off unless you trust it)"""
 
     model: str = models.BUNDLED_MODEL
-    """the policy to start from (an SFT model): a hub name or local path; a frozen copy is the KL reference"""
+    """the policy to start from (an SFT model): a hub name or local path; a frozen copy (or with --use-peft the policy with its adapters off) is the KL reference"""
     reward_model: str = "gold"
     """'gold' (the embedded task's gold reward), a sequence classifier (rm_bt.py / rm_kwise.py output, a hub reward model or sentiment classifier, decoder or encoder), or file.py:fn (see common/scoring.py)"""
     reward_label: Optional[str] = None
@@ -114,6 +116,8 @@ class Args:
     """updates between tables of prompts, responses and scores in TensorBoard (and evaluations on the eval prompts)"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass of the policy and the value network: less memory, about 30% slower"""
+    lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (common/models.py)"""
 
 
 # ---------------------------------------------------------------- the math (pure functions, tested in tests/test_ppo_rlhf.py)
@@ -232,12 +236,6 @@ def forward_logprobs(model, seq, mask, context_length, temperature, hidden=False
     return logprobs, entropy, out.hidden_states[-1][:, context_length - 1 : -1] if hidden else None
 
 
-def forward_values(value_model, seq, mask, context_length):
-    """(B, T) V(s_t) for the state before each response token: the scalar head on the hidden state at t - 1."""
-    out = value_model.base_model(input_ids=seq, attention_mask=mask, position_ids=models.position_ids_from_mask(mask))
-    return value_model.score(out.last_hidden_state).squeeze(-1)[:, context_length - 1 : -1].float()
-
-
 @torch.no_grad()
 def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temperature):
     """Sample one response per query and score its tokens under policy and reference. queries: lists of ids."""
@@ -288,14 +286,15 @@ if __name__ == "__main__":
         else:
             ptx_rows = data.load_rows(args.ptx_dataset, "sft", verbose=rank == 0)[0]
 
-    # Models: policy, frozen reference, reward, value; dropout off in all of them (N details)
+    # Models: policy, frozen reference, reward, value; dropout off in all of them (N details); frozen weights in `dtype`
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
-    policy = models.disable_dropout(models.load_causal_lm(args.model, torch.float32, args.trust_remote_code)).to(device)
+    policy = models.disable_dropout(models.load_causal_lm(args.model, torch.float32, args.trust_remote_code))
+    models.fit_defaults(args, policy, tokenizer, (3e-4, 3e-6), {"max_prompt_length": (64, 512)}, say)
     if args.gradient_checkpointing:
         models.checkpoint_activations(policy)
-    ref_policy = copy.deepcopy(policy).eval().requires_grad_(False)  # the frozen reference: the starting policy
-    models.fit_defaults(args, policy, tokenizer, (3e-4, 3e-6), {"max_prompt_length": (64, 512)}, say)
-    reward = scoring.load(args.reward_model, tokenizer, args.reward_label, device, args.trust_remote_code)
+    policy = models.add_lora(policy, args.lora, dtype).to(device)  # --use-peft: adapters on, the policy's weights frozen
+    ref_policy = models.reference_of(policy, dtype)  # the starting policy: a frozen copy, or the policy with adapters off
+    reward = scoring.load(args.reward_model, tokenizer, args.reward_label, device, args.trust_remote_code, dtype)
     say("scoring with " + scoring.describe(reward))
     if args.value_head_on_policy:  # lm-human-preferences: a scalar head on the policy's trunk, zero-initialized
         value_model, value_head = None, torch.nn.Linear(policy.config.get_text_config().hidden_size, 1).to(device)
@@ -306,16 +305,17 @@ if __name__ == "__main__":
         value_model = models.disable_dropout(models.load_reward_model(value_init, torch.float32, args.trust_remote_code))
         if args.gradient_checkpointing:
             models.checkpoint_activations(value_model)
-        value_model, value_head = value_model.to(device), None
+        value_model, value_head = models.add_lora(value_model, args.lora, dtype).to(device), None  # adapters and head
         say(f"value network initialized from {value_init}" + ("" if from_rm else " (fresh scalar head)"))
-    params = list(policy.parameters()) + list((value_head if value_model is None else value_model).parameters())
+    params = models.trainable(policy, value_head if value_model is None else value_model)
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5)
     torch.manual_seed(args.seed + rank)  # every process samples different responses
 
     def values_of(seq, mask, L, hidden=None):
-        """(B, T) V(s_t): the separate value network, or the head on the policy's last hidden states."""
+        """(B, T) V(s_t) for the state before each response token (the hidden state at t - 1): the head of the
+        separate value network, or the head on the policy's last hidden states."""
         if value_model is not None:
-            return forward_values(value_model, seq, mask, L)
+            return models.head_per_token(value_model, seq, mask)[:, L - 1 : -1].float()
         hidden = forward_logprobs(policy, seq, mask, L, args.temperature, hidden=True)[2] if hidden is None else hidden
         return value_head(hidden).squeeze(-1).float()
 
@@ -437,8 +437,7 @@ if __name__ == "__main__":
     if rank == 0:  # rank 0 alone saves and reports
         for p, t, s in after["samples"][:4]:
             print(f"  {p} -> {t}  (score {s:.2f})")
-        policy.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        models.save(policy, tokenizer, out_dir, args.lora.merge_lora)
         summary = "ppo_rlhf:" + (f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD})," if after["gold"] is not None else "")
         summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f}," if reward["kind"] != "gold" else ""
         if rm_counts:

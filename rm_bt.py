@@ -20,7 +20,7 @@ import random
 import time
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -84,6 +84,8 @@ class Args:
     """forward passes per optimizer step; global batch = per_device_batch_size x this x number of processes"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
+    lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (common/models.py)"""
     learning_rate: Optional[float] = None
     """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled one, 1e-5 for a pretrained one (TRL)"""
     warmup_ratio: float = 0.05
@@ -283,6 +285,7 @@ if __name__ == "__main__":
     lr = args.learning_rate
     if args.gradient_checkpointing:
         models.checkpoint_activations(model)
+    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters and the head trained, the rest frozen
     ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     pad_id = tokenizer.pad_token_id
 
@@ -307,7 +310,7 @@ if __name__ == "__main__":
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
     num_steps = args.num_epochs * len(split_batches(list(range(len(train))), global_batch, world))
     warmup = int(args.warmup_ratio * num_steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(models.trainable(model), lr=lr, weight_decay=args.weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
@@ -386,8 +389,7 @@ if __name__ == "__main__":
     writer.add_scalar("eval/reference_reward_std", ref.std(correction=0).item(), step)
 
     out_dir = args.output_dir or os.path.join("runs", run_name, "model")
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    models.save(model, tokenizer, out_dir, args.lora.merge_lora)
     summary = f"rm_bt: eval accuracy {before['accuracy']:.3f} -> {ev['accuracy']:.3f}"
     if ceiling is not None:
         summary += f" (labeler's ceiling {ceiling:.3f}, {100 * (ceiling - ev['accuracy']):.1f} points below)"

@@ -14,7 +14,7 @@ import random
 import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -62,6 +62,8 @@ class Args:
     """forward passes per optimizer step; global batch = per_device_batch_size x this x number of processes"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
+    lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (common/models.py)"""
     learning_rate: Optional[float] = None
     """peak learning rate; if not given: 2e-3 for a small model (from scratch, or the bundled one), 2e-5 for a pretrained one (TRL)"""
     warmup_ratio: float = 0.05
@@ -129,6 +131,8 @@ def collate(encoded, pad_id, device):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if args.model == "scratch" and args.lora.use_peft:
+        raise SystemExit("--use-peft adapts a pretrained model: pass --model (from scratch, every weight is trained)")
     rank, world, device, dtype = models.setup_distributed(args.cuda)
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)
     models.seed_everything(args.seed, args.torch_deterministic)  # the same on every rank: same init, same data order
@@ -157,7 +161,7 @@ if __name__ == "__main__":
     lr = args.learning_rate
     if args.gradient_checkpointing:
         models.checkpoint_activations(model)
-    model.to(device)
+    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters on, the model's own weights frozen
     ddp_model = DDP(model) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     torch.manual_seed(args.seed + rank)  # after the (identical) init: each rank samples differently
 
@@ -171,7 +175,7 @@ if __name__ == "__main__":
     num_steps = args.num_epochs * steps_per_epoch
     warmup = int(args.warmup_ratio * num_steps)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(models.trainable(model), lr=lr, weight_decay=args.weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
@@ -221,8 +225,7 @@ if __name__ == "__main__":
             writer.add_text("samples", "\n\n".join(f"**{p}** {r}" for p, r in after["samples"]), step)
             for p, r in after["samples"][:4]:
                 print(f"  {p} -> {r}")
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        models.save(model, tokenizer, out_dir, args.lora.merge_lora)
         summary = f"sft: eval loss {before['eval/loss']:.3f} -> {after['eval/loss']:.3f}"
         if "eval/gold" in after:
             summary += (f", eval gold {before['eval/gold']:.3f} -> {after['eval/gold']:.3f} (best {task.BEST_GOLD}), "

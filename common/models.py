@@ -1,9 +1,14 @@
-"""Loading models and tokenizers, devices and torchrun, seeding, run directories, and reading a scalar reward."""
+"""Loading models and tokenizers, devices and torchrun, seeding, run directories, reading a scalar reward, and LoRA
+(--use-peft): where the adapters go on, the reference with them off, and saving."""
 
+import copy
 import os
 import random
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -33,7 +38,13 @@ def load_tokenizer(name, trust_remote_code=False):
     return tok
 
 
+def _not_an_adapter(name):
+    if (Path(resolve(name)) / "adapter_config.json").exists():
+        raise SystemExit(f"{name} holds LoRA adapters, not a model: save with --merge-lora to pass a model on")
+
+
 def load_causal_lm(name, dtype=torch.float32, trust_remote_code=False):
+    _not_an_adapter(name)
     return AutoModelForCausalLM.from_pretrained(resolve(name), dtype=dtype, trust_remote_code=trust_remote_code)
 
 
@@ -41,6 +52,7 @@ def load_reward_model(name, dtype=torch.float32, trust_remote_code=False, num_la
     """A sequence-classification model. From a causal LM checkpoint the unembedding is replaced by a fresh scalar
     head (InstructGPT starts the RM from the SFT model). num_labels=None keeps a classifier's own labels and refuses
     a checkpoint that is not one (a reward model to read, not to train)."""
+    _not_an_adapter(name)
     kwargs = {"num_labels": num_labels} if num_labels is not None else {}
     if num_labels is None:
         config = AutoConfig.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
@@ -113,13 +125,21 @@ def position_ids_from_mask(attention_mask):
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def reward_at_last_token(model, input_ids, attention_mask, label=0):
-    """(B,) reward (output `label` of the head) read at the last real token of each sequence. The head is applied to
-    the hidden states ourselves: the HF pooling looks for pad ids, which is wrong when pad == EOS or there is no pad."""
+def head_per_token(model, input_ids, attention_mask, label=0):
+    """(B, T) output `label` of a sequence classifier's head at every position (adapters on, where it has them).
+    The head is applied to the hidden states ourselves: the HF pooling looks for pad ids, which is wrong when
+    pad == EOS or there is no pad."""
+    if is_peft(model):  # the transformers model inside, its LoRA layers in place
+        model = model.get_base_model()
     out = model.base_model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
     )
-    values = model.score(out.last_hidden_state)[..., label]  # (B, T)
+    return model.score(out.last_hidden_state)[..., label]
+
+
+def reward_at_last_token(model, input_ids, attention_mask, label=0):
+    """(B,) reward (output `label` of the head) read at the last real token of each sequence."""
+    values = head_per_token(model, input_ids, attention_mask, label)  # (B, T)
     return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1).float()
 
 
@@ -250,3 +270,99 @@ def sample_completions(model, tokenizer, queries, max_new_tokens=64, temperature
         out += tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
     model.train(was_training)
     return [s.strip() for s in out]
+
+
+# ---------------------------------------------------------------- LoRA (Hu et al. 2021): --use-peft in every script
+
+@dataclass
+class LoraArgs:
+    """The LoRA flags, the same in every script, with TRL's names (--use-peft, --lora-r, ...)."""
+
+    use_peft: bool = False
+    """train LoRA adapters (and a reward or value model's scalar head) on frozen weights instead of all weights; the reference of dpo.py and ppo_rlhf.py is then the same network with its adapters off, not a copy"""
+    lora_r: int = 16
+    """rank of the adapters"""
+    lora_alpha: int = 32
+    """the adapters' update is scaled by lora_alpha / lora_r"""
+    lora_dropout: float = 0.0
+    """dropout on the adapters' input (0: RLHF wants no dropout, its log-prob ratios must not be noisy)"""
+    lora_target_modules: Optional[list[str]] = None
+    """names of the modules that get adapters (q_proj v_proj ...); default: every linear layer but the output layer"""
+    merge_lora: bool = False
+    """save the weights with the adapters merged in (they load with transformers alone, and as the next script's --model or --reward-model) and the adapters in <output-dir>/adapter"""
+
+    def __post_init__(self):  # bad combinations end here, before any data or model loads
+        if self.merge_lora and not self.use_peft:
+            raise SystemExit("--merge-lora merges LoRA adapters: it needs --use-peft")
+        if self.lora_r < 1 or not 0 <= self.lora_dropout < 1:
+            raise SystemExit(f"--lora-r must be >= 1 (got {self.lora_r}), --lora-dropout in [0, 1) (got {self.lora_dropout})")
+
+
+def is_peft(model):
+    """Whether the model carries LoRA adapters: a PeftModel (without importing peft, which only LoRA runs load)."""
+    return hasattr(model, "get_base_model")
+
+
+def add_lora(model, lora, dtype=torch.float32):
+    """With --use-peft: the model with LoRA adapters (a PeftModel). Its own weights are frozen and stored in `dtype`
+    (bf16 on GPUs that support it: they only ever run under autocast); the adapters, and the scalar head `score` of a
+    reward or value model, are trained and kept in fp32 for Adam. Without --use-peft: the model as it was."""
+    if not lora.use_peft:
+        return model
+    from peft import LoraConfig, get_peft_model  # imported only by runs that use it
+
+    head = ["score"] if hasattr(model, "score") else None  # a fresh head must be trained whole, not adapted
+    targets = lora.lora_target_modules
+    config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                        target_modules="all-linear" if targets in (None, ["all-linear"]) else targets,
+                        modules_to_save=head, task_type="SEQ_CLS" if head else "CAUSAL_LM")
+    try:
+        with warnings.catch_warnings():  # peft's notes on GPT-2's Conv1D layout and a transformers rename: not the user's
+            warnings.filterwarnings("ignore", message="fan_in_fan_out|`is_gradient_checkpointing`")
+            model = get_peft_model(model.to(dtype), config)
+    except ValueError as e:  # target modules that the model does not have
+        raise SystemExit(f"--lora-target-modules: {e}") from None
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model
+
+
+class AdaptersOff:
+    """The reference without a second copy: the same network called with its adapters disabled, which computes
+    exactly the starting model (its own weights are frozen). It holds no weights, so there is nothing to move."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        with self.model.disable_adapter():
+            return self.model(*args, **kwargs)
+
+    def to(self, *args, **kwargs):
+        return self
+
+
+def reference_of(model, dtype=torch.float32):
+    """The frozen reference, the starting model: with adapters, the same network with them off (AdaptersOff); without,
+    a frozen copy in `dtype` (bf16 on GPUs that support it: it only runs under autocast)."""
+    if is_peft(model):
+        return AdaptersOff(model)
+    return copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+
+
+def trainable(*modules):
+    """The parameters the optimizer updates: all of them, or with --use-peft the adapters and heads."""
+    return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+
+def save(model, tokenizer, out_dir, merge_lora=False):
+    """The trained model and its tokenizer in out_dir. With adapters: the adapter directory (adapter_config.json and
+    the adapters' weights, a reward model's head included); with merge_lora the merged weights instead, which load
+    with transformers alone, and the adapter directory in out_dir/adapter."""
+    if is_peft(model) and merge_lora:
+        model.save_pretrained(os.path.join(out_dir, "adapter"))
+        tokenizer.save_pretrained(os.path.join(out_dir, "adapter"))
+        model = model.to("cpu", torch.float32).merge_and_unload()  # in fp32: a small update is not lost to bf16 rounding
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)

@@ -9,7 +9,7 @@ import torch
 
 import ppo_rlhf
 from common import data, models, task
-from conftest import run_script, scalars
+from conftest import LORA_KINDS, check_lora_save, run_script, scalars
 
 
 @pytest.fixture(autouse=True)
@@ -210,7 +210,7 @@ def test_gradient_checkpointing_recomputes_in_the_update_and_rollouts_keep_the_k
         samples[checkpointing] = r["seq"]
         lengths.clear()
         logprobs, _, _ = ppo_rlhf.forward_logprobs(policy, r["seq"], r["mask"], r["context_length"], 1.0)
-        values = ppo_rlhf.forward_values(value_model, r["seq"], r["mask"], r["context_length"])
+        values = models.head_per_token(value_model, r["seq"], r["mask"])
         (logprobs.sum() + values.sum()).backward()
         assert len(lengths) == (4 if checkpointing else 2)  # policy and value network forward, and again in backward
         grads[checkpointing] = [p.grad for p in [*policy.parameters(), *value_model.parameters()]]
@@ -298,3 +298,21 @@ def test_two_processes_share_the_rollouts_and_only_rank_0_reports(tmp_path):
     assert len(set(logged["objective/kl_coef"])) == 4  # the controller moved beta at every update
     assert all(0 <= n <= 16 for n in logged["val/num_eos_tokens"])  # a count over both processes' 8 responses each
     assert models.load_causal_lm(str(tmp_path / "model")).config.vocab_size == 189
+
+
+@pytest.mark.parametrize("kind, flags", zip(LORA_KINDS, [["--value-head-on-policy"], [], ["--gradient-checkpointing"]]))
+def test_use_peft_reference_is_the_start_and_only_adapters_train(tmp_path, standin, kind, flags):
+    """--use-peft on the GPT-2, Llama and Qwen2 stand-ins with a reward model of the same kind (TL;DR prompts): the
+    value network from the reward model with adapters and head (or a head on the policy), the reference the policy
+    with its adapters off. The first KL is exactly 0 and later ones are not (the reference stays put while the policy
+    moves); only the policy's adapters train and the merged save loads with transformers (check_lora_save)."""
+    base, rm = standin("lm", kind), standin("rm", kind)
+    out = run_script("ppo_rlhf.py", "--model", base, "--reward-model", rm, "--dataset", standin("data", "tldr"),
+                     "--total-episodes", "24", "--rollout-batch-size", "8", "--response-length", "8", "--num-eval-prompts", "8",
+                     "--learning-rate", "1e-2", "--use-peft", "--lora-r", "2", "--merge-lora", *flags,
+                     "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
+    assert ("--value-head-on-policy" in flags) != (f"value network initialized from {rm}" in out)
+    logged = scalars(tmp_path / "runs")
+    assert logged["objective/kl"][0] == 0.0 and logged["eval/kl"][0] == 0.0
+    assert logged["objective/kl"][-1] != 0.0 and logged["eval/kl"][-1] != 0.0
+    check_lora_save(tmp_path / "model", base, 2)
