@@ -348,7 +348,8 @@ if __name__ == "__main__":
         if rank == 0:
             data.report(counts, f"{split} pairs (chosen and rejected)")
     (train_c, train_r), (eval_c, eval_r) = encoded["train"], encoded["eval"]
-    eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts for sampling", rank == 0)
+    eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts for sampling",
+                                       rank == 0)
 
     # Reference log-probs: computed once, then the reference leaves the accelerator (a CPU copy stays for the KL of
     # samples); with adapters the reference is the policy with them off, so there is nothing to move and no copy

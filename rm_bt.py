@@ -285,7 +285,7 @@ if __name__ == "__main__":
     lr = args.learning_rate
     if args.gradient_checkpointing:
         models.checkpoint_activations(model)
-    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters and the head trained, the rest frozen
+    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters and head trained, rest frozen
     ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     pad_id = tokenizer.pad_token_id
 

@@ -284,7 +284,7 @@ if __name__ == "__main__":
     models.fit_defaults(args, model, tokenizer, (1e-3, 1e-5), {"max_length": (96, 1024), "max_prompt_length": (32, 512)}, say)
     if args.gradient_checkpointing:
         models.checkpoint_activations(model)
-    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters and the head trained, the rest frozen
+    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters and head trained, rest frozen
     ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     loss_fn = LOSSES[args.loss]
 

@@ -165,11 +165,14 @@ if __name__ == "__main__":
     ddp_model = DDP(model) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     torch.manual_seed(args.seed + rank)  # after the (identical) init: each rank samples differently
 
-    train = data.encode_demonstrations(tokenizer, train_rows, args.max_length, args.max_prompt_length, "train demonstrations", rank == 0)
-    eval_encoded = data.encode_demonstrations(tokenizer, eval_rows, args.max_length, args.max_prompt_length, "eval demonstrations", rank == 0)
+    train = data.encode_demonstrations(tokenizer, train_rows, args.max_length, args.max_prompt_length,
+                                       "train demonstrations", rank == 0)
+    eval_encoded = data.encode_demonstrations(tokenizer, eval_rows, args.max_length, args.max_prompt_length,
+                                              "eval demonstrations", rank == 0)
     eval_batches = [collate(eval_encoded[i : i + args.per_device_batch_size], tokenizer.pad_token_id, device)
                     for i in range(0, len(eval_encoded), args.per_device_batch_size)]
-    eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts for sampling", rank == 0)
+    eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts for sampling",
+                                       rank == 0)
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
     steps_per_epoch = math.ceil(len(train) / global_batch)
     num_steps = args.num_epochs * steps_per_epoch

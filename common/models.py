@@ -247,9 +247,9 @@ def generation_config(tokenizer, stop_ids, max_new_tokens, temperature):
     """Pure sampling at temperature with the KV cache: every other logits processor set to neutral explicitly, so a
     model's own generation_config.json (top-k, top-p, repetition penalty) cannot change what is sampled."""
     return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None, typical_p=1.0,
-                            repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, max_new_tokens=max_new_tokens,
-                            eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, suppress_tokens=None,
-                            begin_suppress_tokens=None)
+                            repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
+                            max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                            suppress_tokens=None, begin_suppress_tokens=None)
 
 
 @torch.no_grad()
@@ -295,7 +295,8 @@ class LoraArgs:
         if self.merge_lora and not self.use_peft:
             raise SystemExit("--merge-lora merges LoRA adapters: it needs --use-peft")
         if self.lora_r < 1 or not 0 <= self.lora_dropout < 1:
-            raise SystemExit(f"--lora-r must be >= 1 (got {self.lora_r}), --lora-dropout in [0, 1) (got {self.lora_dropout})")
+            raise SystemExit(f"--lora-r must be >= 1 (got {self.lora_r}), "
+                             f"--lora-dropout in [0, 1) (got {self.lora_dropout})")
 
 
 def is_peft(model):
@@ -317,7 +318,7 @@ def add_lora(model, lora, dtype=torch.float32):
                         target_modules="all-linear" if targets in (None, ["all-linear"]) else targets,
                         modules_to_save=head, task_type="SEQ_CLS" if head else "CAUSAL_LM")
     try:
-        with warnings.catch_warnings():  # peft's notes on GPT-2's Conv1D layout and a transformers rename: not the user's
+        with warnings.catch_warnings():  # peft's notes on GPT-2's Conv1D layout and a transformers rename
             warnings.filterwarnings("ignore", message="fan_in_fan_out|`is_gradient_checkpointing`")
             model = get_peft_model(model.to(dtype), config)
     except ValueError as e:  # target modules that the model does not have
@@ -363,6 +364,6 @@ def save(model, tokenizer, out_dir, merge_lora=False):
     if is_peft(model) and merge_lora:
         model.save_pretrained(os.path.join(out_dir, "adapter"))
         tokenizer.save_pretrained(os.path.join(out_dir, "adapter"))
-        model = model.to("cpu", torch.float32).merge_and_unload()  # in fp32: a small update is not lost to bf16 rounding
+        model = model.to("cpu", torch.float32).merge_and_unload()  # in fp32: small updates not lost to bf16 rounding
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -133,7 +133,8 @@ def check_lora_save(out_dir, base, r, head=False):
         if head:
             a, b = models.reward_at_last_token(merged, ids, mask), models.reward_at_last_token(with_adapters, ids, mask)
         else:
-            a, b = merged(input_ids=ids, attention_mask=mask).logits, with_adapters(input_ids=ids, attention_mask=mask).logits
+            a = merged(input_ids=ids, attention_mask=mask).logits
+            b = with_adapters(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     return len(adapted)
 

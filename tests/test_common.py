@@ -337,7 +337,8 @@ def test_save_the_adapter_directory_or_merged_weights(standin, tmp_path):
     model = models.add_lora(models.load_causal_lm(base), lora)
     _as_if_trained(model)
     models.save(model, tok, tmp_path / "adapter")
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "adapter").iterdir()}
+    saved = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= saved
     assert not (tmp_path / "adapter" / "config.json").exists()
     with pytest.raises(SystemExit, match="holds LoRA adapters, not a model: save with --merge-lora"):
         models.load_causal_lm(str(tmp_path / "adapter"))

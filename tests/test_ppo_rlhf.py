@@ -308,8 +308,8 @@ def test_use_peft_reference_is_the_start_and_only_adapters_train(tmp_path, stand
     moves); only the policy's adapters train and the merged save loads with transformers (check_lora_save)."""
     base, rm = standin("lm", kind), standin("rm", kind)
     out = run_script("ppo_rlhf.py", "--model", base, "--reward-model", rm, "--dataset", standin("data", "tldr"),
-                     "--total-episodes", "24", "--rollout-batch-size", "8", "--response-length", "8", "--num-eval-prompts", "8",
-                     "--learning-rate", "1e-2", "--use-peft", "--lora-r", "2", "--merge-lora", *flags,
+                     "--total-episodes", "24", "--rollout-batch-size", "8", "--response-length", "8",
+                     "--num-eval-prompts", "8", "--learning-rate", "1e-2", "--use-peft", "--lora-r", "2", "--merge-lora", *flags,
                      "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
     assert ("--value-head-on-policy" in flags) != (f"value network initialized from {rm}" in out)
     logged = scalars(tmp_path / "runs")

@@ -177,4 +177,5 @@ def test_use_peft_trains_adapters_and_head_and_the_merged_save_keeps_the_normali
     assert after > before, out[-500:]
     check_lora_save(tmp_path / "m", base, 2, head=True)
     mean = float(re.search(r"reward_mean (-?[\d.]+)", out).group(1))
-    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").config.reward_mean == pytest.approx(mean, abs=1e-3)
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")
+    assert merged.config.reward_mean == pytest.approx(mean, abs=1e-3)

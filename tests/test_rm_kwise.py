@@ -227,6 +227,7 @@ def test_use_peft_on_nectar_trains_adapters_and_head(tmp_path, standin, kind):
     head trained, nothing else; the merged save loads with transformers and scores as the adapters did."""
     base = standin("lm", kind)
     out = run_script("rm_kwise.py", "--model", base, "--dataset", standin("data", "nectar"), "--num-epochs", "2",
-                     "--learning-rate", "1e-2", "--use-peft", "--lora-r", "2", "--merge-lora", "--output-dir", "rm", cwd=tmp_path)
+                     "--learning-rate", "1e-2", "--use-peft", "--lora-r", "2", "--merge-lora", "--output-dir", "rm",
+                     cwd=tmp_path)
     assert "rm_kwise (plackett-luce)" in out
     check_lora_save(tmp_path / "rm", base, 2, head=True)
