@@ -12,22 +12,23 @@ With c = log pi(y_w|x) - log pi_ref(y_w|x) and r = log pi(y_l|x) - log pi_ref(y_
                           averaged per sequence, then over pairs (TRL averages over all chosen tokens of the batch)
 
 The reference is the starting policy. Its log-probs are computed once before training and the reference leaves
-the accelerator; a CPU copy is kept only to measure KL on samples at evaluation (--no-eval-kl drops it).
+the accelerator; a CPU copy is kept only to measure KL on samples at evaluation (--no-eval-kl drops it). With
+--use-peft (LoRA) the reference is the same network with its adapters off: no copy at all.
     python dpo.py                                          # the bundled base policy on the embedded task's pairs
     python dpo.py --loss-type ipo --beta 0.5
     python dpo.py --model gpt2 --dataset pairs.jsonl       # any causal LM, {"prompt", "chosen", "rejected"} rows
     python dpo.py --model gpt2 --dataset Anthropic/hh-rlhf # a hub dataset as published (common/data.py)
     torchrun --nproc_per_node 4 dpo.py --model gpt2 ...    # data parallel (DDP)
+    python dpo.py --model <7B SFT model> --dataset ... --use-peft --gradient-checkpointing   # one GPU (README)
 """
 
-import copy
 import math
 import random
 import statistics
 import time
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import torch
@@ -99,7 +100,7 @@ class Args:
     reference_on_the_fly: bool = False
     """run the reference model at every step instead of precomputing its log-probs once (keeps it in memory)"""
     eval_kl: bool = True
-    """keep a CPU copy of the reference to measure the KL of samples at evaluation (embedded task prompts only)"""
+    """measure the KL of samples to the reference at evaluation (embedded task prompts only): keeps a CPU copy of it (none with --use-peft)"""
 
     num_epochs: int = 1
     """passes over the pairs"""
@@ -109,6 +110,8 @@ class Args:
     """forward passes per optimizer step; global batch = per_device_batch_size x this x number of processes"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
+    lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (common/models.py)"""
     learning_rate: Optional[float] = None
     """peak learning rate; if not given: 3e-4 for a small model like the bundled one, 1e-6 for a pretrained one (the DPO paper, TRL)"""
     warmup_ratio: float = 0.1
@@ -350,11 +353,10 @@ if __name__ == "__main__":
     model = models.disable_dropout(models.load_causal_lm(args.model, torch.float32, args.trust_remote_code))
     models.fit_defaults(args, model, tokenizer, (3e-4, 1e-6), {"max_length": (96, 1024), "max_prompt_length": (32, 512)},
                         print if rank == 0 else models.quiet)
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model.to(device)
-    ref_model.to(device)
+        models.checkpoint_activations(model)
+    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters on, the model's own weights frozen
+    ref_model = models.reference_of(model, dtype)  # a frozen copy, or with adapters the same network with them off
     ddp_model = DDP(model) if world > 1 else model
     torch.manual_seed(args.seed + rank)  # each rank samples differently at evaluation
     pad_id = tokenizer.pad_token_id
@@ -367,12 +369,11 @@ if __name__ == "__main__":
         if rank == 0:
             data.report(counts, f"{split} pairs (chosen and rejected)")
     (train_c, train_r), (eval_c, eval_r) = encoded["train"], encoded["eval"]
-    counts = Counter()
-    eval_queries = [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in eval_prompts]
-    if rank == 0 and eval_prompts:
-        data.report(counts, "eval prompts for sampling")
+    eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts for sampling",
+                                       rank == 0)
 
-    # Reference log-probs: computed once, then the reference leaves the accelerator (a CPU copy stays for the KL of samples)
+    # Reference log-probs: computed once, then the reference leaves the accelerator (a CPU copy stays for the KL of
+    # samples); with adapters the reference is the policy with them off, so there is nothing to move and no copy
     train_ref = eval_ref = None
     if not args.reference_on_the_fly:
         t0 = time.time()
@@ -385,7 +386,7 @@ if __name__ == "__main__":
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
     num_steps = args.num_epochs * len(models.global_batches(list(range(len(train_c))), global_batch, world))
     warmup = int(args.warmup_ratio * num_steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(models.trainable(model), lr=args.learning_rate, weight_decay=0.0)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     eval_args = (eval_ref, eval_c, eval_r, eval_prompts, eval_queries, args, pad_id, tokenizer, device, autocast, rank, world)
@@ -438,7 +439,7 @@ if __name__ == "__main__":
             writer.add_text("samples", "\n\n".join(f"**{p}** {r}" for p, r in after["samples"]), step)
             for p, r in after["samples"][:4]:
                 print(f"  {p} -> {r}")
-        out_dir = models.save(model, tokenizer, args.output_dir, run_name)
+        out_dir = models.save(model, tokenizer, args.output_dir, run_name, args.lora.merge_lora)
         acc0, acc1 = before["eval/rewards/accuracies"], after["eval/rewards/accuracies"]
         summary = f"dpo ({args.loss_type}, beta {args.beta}): eval accuracy {acc0:.2f} -> {acc1:.2f}"
         summary += f" (labeler ceiling {ceiling:.2f})" if ceiling is not None else ""

@@ -8,23 +8,23 @@ details of RLHF with PPO" (Huang et al.): each detail is a commented line below.
     python ppo_rlhf.py --model gpt2 --reward-model lvwerra/distilbert-imdb --reward-label POSITIVE --dataset imdb_prompts.jsonl
     python ppo_rlhf.py --model <SFT model> --reward-model my_rewards.py:reward --dataset trl-lib/tldr   # a Python function
     torchrun --nproc_per_node 4 ppo_rlhf.py --model gpt2 ...       # data parallel: each process rolls out 1/4 of the prompts
+    python ppo_rlhf.py --model <7B SFT model> --reward-model <RM> --use-peft --gradient-checkpointing   # one GPU (README)
+With --use-peft the policy and the value network train LoRA adapters (the value network's head too) and the reference
+is the policy with its adapters off: no second copy. Frozen weights are bf16 on GPUs that support it.
 """
 
-import copy
 import math
 import random
 import time
 from collections import Counter, defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
-from transformers import GenerationConfig
 
 from common import data, models, scoring, task
 
@@ -49,7 +49,7 @@ class Args:
     """the W&B team or user (with --track); None: your default entity"""
 
     model: str = models.BUNDLED_MODEL
-    """the policy to start from (an SFT model): a hub name or local path; a frozen copy is the KL reference"""
+    """the policy to start from (an SFT model): a hub name or local path; a frozen copy (or with --use-peft the policy with its adapters off) is the KL reference"""
     reward_model: str = "gold"
     """'gold' (the embedded task's gold reward), a sequence classifier (rm_bt.py / rm_kwise.py output, a hub reward model or sentiment classifier, decoder or encoder), or file.py:fn (see common/scoring.py)"""
     reward_label: Optional[str] = None
@@ -122,6 +122,10 @@ class Args:
     """demonstrations for PPO-ptx: 'embedded' (task.make_sft on the train prompts) or a {"prompt", "completion"} file / hub dataset"""
     log_samples_every: int = 20
     """updates between tables of prompts, responses and scores in TensorBoard (and evaluations on the eval prompts)"""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass of the policy and the value network: less memory, about 30% slower"""
+    lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (common/models.py)"""
 
 
 # ---------------------------------------------------------------- the math (pure functions, tested in tests/test_ppo_rlhf.py)
@@ -219,14 +223,6 @@ def demonstration_nll(policy, demos, pad_id):
 
 # ---------------------------------------------------------------- rollouts
 
-def generation_config(tokenizer, stop_ids, response_length, temperature):
-    """Pure sampling at temperature with the KV cache: every other logits processor set to neutral explicitly, so a
-    model's own generation_config.json (top-k, top-p, repetition penalty) cannot change what is sampled."""
-    return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None, typical_p=1.0,
-                            repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, max_new_tokens=response_length,
-                            eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, suppress_tokens=None, begin_suppress_tokens=None)
-
-
 def truncate_after_stop(responses, stop_ids, pad_id):
     """(responses, mask, stopped): keep each response up to and including its first stop token; after it, pad ids
     and mask 0. `stopped` says which responses ended with a stop token (the others ran out of length)."""
@@ -249,19 +245,16 @@ def forward_logprobs(model, seq, mask, context_length, temperature, hidden=False
     return logprobs, entropy, out.hidden_states[-1][:, context_length - 1 : -1] if hidden else None
 
 
-def forward_values(value_model, seq, mask, context_length):
-    """(B, T) V(s_t) for the state before each response token: the scalar head on the hidden state at t - 1."""
-    out = value_model.base_model(input_ids=seq, attention_mask=mask, position_ids=models.position_ids_from_mask(mask))
-    return value_model.score(out.last_hidden_state).squeeze(-1)[:, context_length - 1 : -1].float()
-
-
 @torch.no_grad()
 def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temperature):
     """Sample one response per query and score its tokens under policy and reference. queries: lists of ids."""
     device = next(policy.parameters()).device
     query = data.pad(queries, tokenizer.pad_token_id, side="left").to(device)  # left-padded for generation
     query_mask = data.pad([[1] * len(q) for q in queries], 0, side="left").to(device)
+    training = policy.training
+    policy.eval()  # generate() with the KV cache: gradient checkpointing turns it off in training mode (no dropout here)
     seq = models.generate(policy, input_ids=query, attention_mask=query_mask, generation_config=gen_config)
+    policy.train(training)
     context_length = query.shape[1]
     responses, resp_mask, stopped = truncate_after_stop(seq[:, context_length:], stop_ids, tokenizer.pad_token_id)
     seq = torch.cat([query, responses], dim=1)
@@ -318,20 +311,17 @@ if __name__ == "__main__":
         else:
             ptx_rows = data.load_rows(args.ptx_dataset, "sft", verbose=rank == 0)[0]
 
-    # Models: policy, frozen reference, reward, value; dropout off in all of them (N details)
+    # Models: policy, frozen reference, reward, value; dropout off in all of them (N details); frozen weights in `dtype`
     scoring.check(args.reward_model)
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
-    stop_ids = [tokenizer.eos_token_id]
-    if args.stop_token:  # a token of the vocabulary, or a text that encodes to one (not by comparing with unk: GPT-2's is EOS)
-        vocab = tokenizer.get_vocab()
-        stop = [vocab[args.stop_token]] if args.stop_token in vocab else tokenizer(args.stop_token, add_special_tokens=False).input_ids
-        if len(stop) != 1:
-            models.stop(f"--stop-token {args.stop_token!r} is not one token of the tokenizer of {args.model} (it is {len(stop)})")
-        stop_ids += stop
-    policy = models.disable_dropout(models.load_causal_lm(args.model, torch.float32, args.trust_remote_code)).to(device)
-    ref_policy = copy.deepcopy(policy).eval().requires_grad_(False)  # the frozen reference: the starting policy
+    stop_ids = models.stop_token_ids(tokenizer, args.stop_token, args.model)
+    policy = models.disable_dropout(models.load_causal_lm(args.model, torch.float32, args.trust_remote_code))
     models.fit_defaults(args, policy, tokenizer, (3e-4, 3e-6), {"max_prompt_length": (64, 512)}, say)
-    reward = scoring.load(args.reward_model, tokenizer, args.reward_label, device, args.trust_remote_code)
+    if args.gradient_checkpointing:
+        models.checkpoint_activations(policy)
+    policy = models.add_lora(policy, args.lora, dtype).to(device)  # --use-peft: adapters on, the policy's weights frozen
+    ref_policy = models.reference_of(policy, dtype)  # the starting policy: a frozen copy, or the policy with adapters off
+    reward = scoring.load(args.reward_model, tokenizer, args.reward_label, device, args.trust_remote_code, dtype)
     say("scoring with " + scoring.describe(reward))
     if args.value_head_on_policy:  # lm-human-preferences: a scalar head on the policy's trunk, zero-initialized
         value_model, value_head = None, torch.nn.Linear(policy.config.get_text_config().hidden_size, 1).to(device)
@@ -340,32 +330,28 @@ if __name__ == "__main__":
         from_rm = reward["kind"] == "decoder" and reward["same_vocab"] and reward["model"].config.num_labels == 1
         value_init = args.reward_model if from_rm else args.model
         value_model = models.disable_dropout(models.load_reward_model(value_init, torch.float32, args.trust_remote_code))
-        value_model, value_head = value_model.to(device), None
+        if args.gradient_checkpointing:
+            models.checkpoint_activations(value_model)
+        value_model, value_head = models.add_lora(value_model, args.lora, dtype).to(device), None  # adapters and head
         say(f"value network initialized from {value_init}" + ("" if from_rm else " (fresh scalar head)"))
-    params = list(policy.parameters()) + list((value_head if value_model is None else value_model).parameters())
+    params = models.trainable(policy, value_head if value_model is None else value_model)
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5)
     torch.manual_seed(args.seed + rank)  # every process samples different responses
 
     def values_of(seq, mask, L, hidden=None):
-        """(B, T) V(s_t): the separate value network, or the head on the policy's last hidden states."""
+        """(B, T) V(s_t) for the state before each response token (the hidden state at t - 1): the head of the
+        separate value network, or the head on the policy's last hidden states."""
         if value_model is not None:
-            return forward_values(value_model, seq, mask, L)
+            return models.head_per_token(value_model, seq, mask)[:, L - 1 : -1].float()
         hidden = forward_logprobs(policy, seq, mask, L, args.temperature, hidden=True)[2] if hidden is None else hidden
         return value_head(hidden).squeeze(-1).float()
 
-    train_queries, eval_queries = [], []
-    for split, prompts, queries in (("train", train_prompts, train_queries), ("eval", eval_prompts, eval_queries)):
-        counts = Counter()
-        queries += [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in prompts]
-        if rank == 0:
-            data.report(counts, f"{split} prompts")
+    train_queries = data.encode_prompts(tokenizer, train_prompts, args.max_prompt_length, "train prompts", rank == 0)
+    eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts", rank == 0)
     if args.ptx_coef > 0:
-        counts = Counter()
-        ptx_data = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_prompt_length + args.response_length,
-                                args.max_prompt_length, counts) for r in ptx_rows]
-        if rank == 0:
-            data.report(counts, "ptx demonstrations")
-    gen_config = generation_config(tokenizer, stop_ids, args.response_length, args.temperature)
+        ptx_data = data.encode_demonstrations(tokenizer, ptx_rows, args.max_prompt_length + args.response_length,
+                                              args.max_prompt_length, "ptx demonstrations", rank == 0)
+    gen_config = models.generation_config(tokenizer, stop_ids, args.response_length, args.temperature)
     num_updates = args.total_episodes // args.rollout_batch_size
     local_batch = args.rollout_batch_size // world  # this process's share of each rollout
     minibatch_size = local_batch // args.num_mini_batches
@@ -437,10 +423,7 @@ if __name__ == "__main__":
                         s["ptx"] = ptx_nll.item()
                 optimizer.zero_grad()
                 loss.backward()
-                for p in params if world > 1 else []:  # data parallel by hand: generate() and the value head run outside
-                    p.grad = torch.zeros_like(p) if p.grad is None else p.grad  # one module's forward, so no DDP wrapper:
-                    dist.all_reduce(p.grad)  # the gradients are averaged over processes here, before clipping
-                    p.grad /= world
+                models.average_gradients(params)  # data parallel by hand, before clipping (no DDP wrapper: see there)
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
                 s |= {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "entropy": masked_mean(entropy, resp_mask[mb]).item()}
@@ -471,13 +454,11 @@ if __name__ == "__main__":
             writer.add_text("samples", f"|prompt|response|score|\n|-|-|-|\n{rows}", episodes)
 
     if world > 1:  # the processes' copies must have stayed identical (same averaged gradients, same steps)
-        checksums = [None] * world
-        dist.all_gather_object(checksums, sum(p.double().sum().item() for p in params))
-        say(f"weights identical on the {world} processes: {len(set(checksums)) == 1}")
+        say(f"weights identical on the {world} processes: {models.identical_on_all_ranks(params)}")
     if rank == 0:  # rank 0 alone saves and reports
         for p, t, s in after["samples"][:4]:
             print(f"  {p} -> {t}  (score {s:.2f})")
-        out_dir = models.save(policy, tokenizer, args.output_dir, run_name)
+        out_dir = models.save(policy, tokenizer, args.output_dir, run_name, args.lora.merge_lora)
         summary = "ppo_rlhf:" + (f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD})," if after["gold"] is not None else "")
         summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f}," if reward["kind"] != "gold" else ""
         if rm_counts['truncated for the reward model']:

@@ -20,7 +20,7 @@ import random
 import time
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -90,6 +90,8 @@ class Args:
     """forward passes per optimizer step; global batch = per_device_batch_size x this x number of processes"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
+    lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (common/models.py)"""
     learning_rate: Optional[float] = None
     """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled one, 1e-5 for a pretrained one (Stiennon et al. 1.5e-5, InstructGPT 9e-6)"""
     warmup_ratio: float = 0.05
@@ -292,7 +294,8 @@ if __name__ == "__main__":
     models.fit_defaults(args, model, tokenizer, (1e-3, 1e-5), {"max_length": (96, 1024), "max_prompt_length": (32, 512)}, say)
     lr = args.learning_rate
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        models.checkpoint_activations(model)
+    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters and head trained, rest frozen
     ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     pad_id = tokenizer.pad_token_id
 
@@ -317,7 +320,7 @@ if __name__ == "__main__":
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
     num_steps = args.num_epochs * len(models.global_batches(list(range(len(train))), global_batch, world))
     warmup = int(args.warmup_ratio * num_steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(models.trainable(model), lr=lr, weight_decay=args.weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
@@ -393,7 +396,7 @@ if __name__ == "__main__":
     writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
     writer.add_scalar("eval/reference_reward_std", ref.std(correction=0).item(), step)
 
-    out_dir = models.save(model, tokenizer, args.output_dir, run_name)
+    out_dir = models.save(model, tokenizer, args.output_dir, run_name, args.lora.merge_lora)
     summary = f"rm_bt: eval accuracy {before['accuracy']:.3f} -> {ev['accuracy']:.3f}"
     if ceiling is not None:
         summary += f" (labeler's ceiling {ceiling:.3f}, {100 * (ceiling - ev['accuracy']):.1f} points below)"

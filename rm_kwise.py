@@ -22,7 +22,7 @@ import random
 import time
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import torch
@@ -83,6 +83,8 @@ class Args:
     """--shuffle-pairs only: pairs per optimizer step, all processes together (0: as many as a per-prompt batch holds on average, so both take the same number of steps)"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
+    lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (common/models.py)"""
     learning_rate: Optional[float] = None
     """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled one, 1e-5 for a pretrained one"""
     warmup_ratio: float = 0.05
@@ -293,7 +295,8 @@ if __name__ == "__main__":
     model.config.pad_token_id = tokenizer.pad_token_id
     models.fit_defaults(args, model, tokenizer, (1e-3, 1e-5), {"max_length": (96, 1024), "max_prompt_length": (32, 512)}, say)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        models.checkpoint_activations(model)
+    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters and head trained, rest frozen
     ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     loss_fn = LOSSES[args.loss]
 
@@ -325,7 +328,7 @@ if __name__ == "__main__":
         units, per_step = list(range(len(train_ids))), args.prompts_per_batch
     num_steps = args.num_epochs * len(models.global_batches(units, per_step, world))
     warmup = int(args.warmup_ratio * num_steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(models.trainable(model), lr=args.learning_rate, weight_decay=args.weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     rng = random.Random(args.seed)
@@ -398,7 +401,7 @@ if __name__ == "__main__":
     writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
     writer.add_scalar("eval/reference_reward_std", ref.std(correction=0).item(), step)
 
-    out_dir = models.save(model, tokenizer, args.output_dir, run_name)
+    out_dir = models.save(model, tokenizer, args.output_dir, run_name, args.lora.merge_lora)
     summary = f"rm_kwise ({args.loss}{', shuffled pairs' if args.shuffle_pairs else ''}): eval pairwise accuracy {before['accuracy']:.3f} -> {ev['accuracy']:.3f}"
     if ceiling is not None:
         summary += f" (labeler's ceiling {ceiling:.3f}, {100 * (ceiling - ev['accuracy']):.1f} points below)"

@@ -11,9 +11,8 @@ With the defaults it trains the embedded task's small base policy from scratch o
 import math
 import random
 import time
-from collections import Counter
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -67,6 +66,8 @@ class Args:
     """forward passes per optimizer step; global batch = per_device_batch_size x this x number of processes"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
+    lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (common/models.py)"""
     learning_rate: Optional[float] = None
     """peak learning rate; if not given: 2e-3 for a small model (from scratch, or the bundled one), 2e-5 for a pretrained one (TRL)"""
     warmup_ratio: float = 0.05
@@ -142,6 +143,8 @@ if __name__ == "__main__":
         rules=[("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
                ("max_prompt_length", None in (args.max_length, args.max_prompt_length) or args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
     )
+    if args.model == "scratch" and args.lora.use_peft:
+        models.stop("--use-peft adapts a pretrained model: pass --model (from scratch, every weight is trained)")
     rank, world, device, dtype = models.setup_distributed(args.cuda)
     models.seed_everything(args.seed, args.torch_deterministic)  # the same on every rank: same init, same data order
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
@@ -168,31 +171,25 @@ if __name__ == "__main__":
                         print if rank == 0 else models.quiet)
     lr = args.learning_rate
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model.to(device)
+        models.checkpoint_activations(model)
+    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters on, the model's own weights frozen
     ddp_model = DDP(model) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     torch.manual_seed(args.seed + rank)  # after the (identical) init: each rank samples differently
 
-    counts = Counter()
-    train = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts) for r in train_rows]
-    if rank == 0:
-        data.report(counts, "train demonstrations")
-    counts = Counter()
-    eval_encoded = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts) for r in eval_rows]
+    train = data.encode_demonstrations(tokenizer, train_rows, args.max_length, args.max_prompt_length,
+                                       "train demonstrations", rank == 0)
+    eval_encoded = data.encode_demonstrations(tokenizer, eval_rows, args.max_length, args.max_prompt_length,
+                                              "eval demonstrations", rank == 0)
     eval_batches = [collate(eval_encoded[i : i + args.per_device_batch_size], tokenizer.pad_token_id, device)
                     for i in range(0, len(eval_encoded), args.per_device_batch_size)]
-    if rank == 0:
-        data.report(counts, "eval demonstrations")
-    counts = Counter()
-    eval_queries = [data.encode_prompt(tokenizer, p, args.max_prompt_length, counts) for p in eval_prompts]
-    if rank == 0 and eval_prompts:
-        data.report(counts, "eval prompts for sampling")
+    eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts for sampling",
+                                       rank == 0)
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
     num_steps = args.num_epochs * len(models.global_batches(list(range(len(train))), global_batch, world))
     targets = [sum(mask[1:]) for _, mask in train]  # tokens each demonstration adds to the loss (the first is never one)
     warmup = int(args.warmup_ratio * num_steps)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(models.trainable(model), lr=lr, weight_decay=args.weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
@@ -242,7 +239,7 @@ if __name__ == "__main__":
             writer.add_text("samples", "\n\n".join(f"**{p}** {r}" for p, r in after["samples"]), step)
             for p, r in after["samples"][:4]:
                 print(f"  {p} -> {r}")
-        out_dir = models.save(model, tokenizer, args.output_dir, run_name)
+        out_dir = models.save(model, tokenizer, args.output_dir, run_name, args.lora.merge_lora)
         summary = f"sft: eval loss {before['eval/loss']:.3f} -> {after['eval/loss']:.3f}"
         if "eval/gold" in after:
             summary += (f", eval gold {before['eval/gold']:.3f} -> {after['eval/gold']:.3f} (best {task.BEST_GOLD}), "

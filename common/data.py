@@ -23,6 +23,7 @@ what is truncated is counted and reported.
 import hashlib
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -340,6 +341,24 @@ def encode_prompt(tokenizer, prompt, max_prompt_length, counts):
     if len(p) > max_prompt_length:
         counts["prompts truncated"] += 1
     return p[-max_prompt_length:]
+
+
+def encode_prompts(tokenizer, prompts, max_prompt_length, what, verbose=True):
+    """encode_prompt for every prompt, with a report of what was cut (when verbose and there are prompts)."""
+    counts = Counter()
+    out = [encode_prompt(tokenizer, p, max_prompt_length, counts) for p in prompts]
+    if verbose and prompts:
+        report(counts, what)
+    return out
+
+
+def encode_demonstrations(tokenizer, rows, max_length, max_prompt_length, what, verbose=True):
+    """encode (ids, completion mask) for every {"prompt", "completion"} row, with a report of what was cut."""
+    counts = Counter()
+    out = [encode(tokenizer, r["prompt"], r["completion"], max_length, max_prompt_length, counts) for r in rows]
+    if verbose:
+        report(counts, what)
+    return out
 
 
 def report(counts, what, max_unknown=0.05):

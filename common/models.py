@@ -1,14 +1,18 @@
-"""Loading models and tokenizers, devices and torchrun, seeding, checking flags, run directories, and reading a
-scalar reward."""
+"""Loading models and tokenizers, devices and torchrun, seeding, checking flags, run directories, reading a scalar
+reward, and LoRA (--use-peft): where the adapters go on, the reference with them off, and saving."""
 
+import copy
 import logging
 import math
 import os
 import random
 import sys
 import time
+import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -16,7 +20,8 @@ import torch.distributed as dist
 from huggingface_hub import get_hf_file_metadata, hf_hub_url, is_offline_mode, try_to_load_from_cache
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          GenerationConfig)
 
 from common import data
 
@@ -82,7 +87,13 @@ def load_tokenizer(name, trust_remote_code=False):
     return tok
 
 
+def _not_an_adapter(name):
+    if (Path(resolve(name)) / "adapter_config.json").exists():
+        raise SystemExit(f"{name} holds LoRA adapters, not a model: save with --merge-lora to pass a model on")
+
+
 def load_causal_lm(name, dtype=torch.float32, trust_remote_code=False):
+    _not_an_adapter(name)
     return from_pretrained(AutoModelForCausalLM, name, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
@@ -91,6 +102,7 @@ def load_reward_model(name, dtype=torch.float32, trust_remote_code=False, num_la
     (InstructGPT starts the RM from the SFT model): said in one line, in place of transformers' load report, which
     lists the head as MISSING (and an untied unembedding as UNEXPECTED). num_labels=None keeps a classifier's own
     labels and refuses a checkpoint that is not one (a reward model to read, not to train)."""
+    _not_an_adapter(name)
     kwargs = {"num_labels": num_labels} if num_labels is not None else {}
     if num_labels is None:
         config = from_pretrained(AutoConfig, name, trust_remote_code=trust_remote_code)
@@ -160,6 +172,14 @@ def disable_dropout(model):
     return model
 
 
+def checkpoint_activations(model):
+    """Gradient checkpointing: activations recomputed in the backward pass instead of stored (less memory, about 30%
+    slower). It acts in training mode only, so the model is put in it (from_pretrained leaves eval mode); with dropout
+    off nothing else changes. Non-reentrant, so it works with frozen inputs (LoRA)."""
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    return model.train()
+
+
 SMALL_MODEL = 10_000_000  # parameters: below this a model is tiny like the bundled one (0.83M) and gets its defaults
 
 
@@ -207,13 +227,21 @@ def position_ids_from_mask(attention_mask):
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def reward_at_last_token(model, input_ids, attention_mask, label=0):
-    """(B,) reward (output `label` of the head) read at the last real token of each sequence. The head is applied to
-    the hidden states ourselves: the HF pooling looks for pad ids, which is wrong when pad == EOS or there is no pad."""
+def head_per_token(model, input_ids, attention_mask, label=0):
+    """(B, T) output `label` of a sequence classifier's head at every position (adapters on, where it has them).
+    The head is applied to the hidden states ourselves: the HF pooling looks for pad ids, which is wrong when
+    pad == EOS or there is no pad."""
+    if is_peft(model):  # the transformers model inside, its LoRA layers in place
+        model = model.get_base_model()
     out = model.base_model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
     )
-    values = model.score(out.last_hidden_state)[..., label]  # (B, T)
+    return model.score(out.last_hidden_state)[..., label]
+
+
+def reward_at_last_token(model, input_ids, attention_mask, label=0):
+    """(B,) reward (output `label` of the head) read at the last real token of each sequence."""
+    values = head_per_token(model, input_ids, attention_mask, label)  # (B, T)
     return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1).float()
 
 
@@ -288,6 +316,24 @@ def micro_batches(batch, rank, world, size, weights=None):
     return [(mine[i : i + size], total(mine[i : i + size]) * world / total(batch)) for i in range(0, len(mine), size)]
 
 
+def average_gradients(params):
+    """Data parallel by hand (ppo_rlhf.py: generate() and a value head on the policy run outside one module's forward,
+    so there is no DDP wrapper): each gradient is averaged over the processes. A no-op without torchrun."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for p in params:
+        p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+        dist.all_reduce(p.grad)
+        p.grad /= dist.get_world_size()
+
+
+def identical_on_all_ranks(params):
+    """Whether every process holds the same weights (a checksum of params gathered from all of them)."""
+    checksums = [None] * dist.get_world_size()
+    dist.all_gather_object(checksums, sum(p.double().sum().item() for p in params))
+    return len(set(checksums)) == 1
+
+
 def quiet(*args, **kwargs):
     """print for ranks other than 0: says nothing."""
 
@@ -349,14 +395,6 @@ def make_run(exp_name, seed, args, rank=0):
     return run_name, writer
 
 
-def save(model, tokenizer, output_dir, run_name):
-    """Save model and tokenizer to output_dir, or runs/<run_name>/model when it is ''; returns the directory."""
-    out_dir = output_dir or os.path.join("runs", run_name, "model")
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
-
-
 def log_scalars(writer, values, step, prefix=""):
     """Every number in a dict to TensorBoard, tagged prefix + key; the rest (None, samples) is skipped."""
     for key, value in values.items():
@@ -383,6 +421,27 @@ def generate(model, **kwargs):
         return model.generate(**kwargs)
 
 
+def stop_token_ids(tokenizer, stop_token="", model_name=""):
+    """The ids that end a response: EOS, and --stop-token when given: a token of the vocabulary, or a text that encodes
+    to one token (not found by comparing with unk: GPT-2's unk is its EOS)."""
+    if not stop_token:
+        return [tokenizer.eos_token_id]
+    vocab = tokenizer.get_vocab()
+    stop = [vocab[stop_token]] if stop_token in vocab else tokenizer(stop_token, add_special_tokens=False).input_ids
+    if len(stop) != 1:
+        stop(f"--stop-token {stop_token!r} is not one token of the tokenizer of {model_name} (it is {len(stop)})")
+    return [tokenizer.eos_token_id] + stop
+
+
+def generation_config(tokenizer, stop_ids, max_new_tokens, temperature):
+    """Pure sampling at temperature with the KV cache: every other logits processor set to neutral explicitly, so a
+    model's own generation_config.json (top-k, top-p, repetition penalty) cannot change what is sampled."""
+    return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None, typical_p=1.0,
+                            repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
+                            max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                            suppress_tokens=None, begin_suppress_tokens=None)
+
+
 @torch.no_grad()
 def sample_completions(model, tokenizer, queries, max_new_tokens=64, temperature=1.0, batch_size=64):
     """Sample one completion per query (lists of prompt ids, left-padded here; KV cache; pure sampling: no top-k, no
@@ -401,3 +460,103 @@ def sample_completions(model, tokenizer, queries, max_new_tokens=64, temperature
         out += tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
     model.train(was_training)
     return [s.strip() for s in out]
+
+
+# ---------------------------------------------------------------- LoRA (Hu et al. 2021): --use-peft in every script
+
+@dataclass
+class LoraArgs:
+    """The LoRA flags, the same in every script, with TRL's names (--use-peft, --lora-r, ...)."""
+
+    use_peft: bool = False
+    """train LoRA adapters (and a reward or value model's scalar head) on frozen weights instead of all weights; the reference of dpo.py and ppo_rlhf.py is then the same network with its adapters off, not a copy"""
+    lora_r: int = 16
+    """rank of the adapters"""
+    lora_alpha: int = 32
+    """the adapters' update is scaled by lora_alpha / lora_r"""
+    lora_dropout: float = 0.0
+    """dropout on the adapters' input (0: RLHF wants no dropout, its log-prob ratios must not be noisy)"""
+    lora_target_modules: Optional[list[str]] = None
+    """names of the modules that get adapters (q_proj v_proj ...); default: every linear layer but the output layer"""
+    merge_lora: bool = False
+    """save the weights with the adapters merged in (they load with transformers alone, and as the next script's --model or --reward-model) and the adapters in <output-dir>/adapter"""
+
+    def __post_init__(self):  # bad combinations end here, before any data or model loads
+        if self.merge_lora and not self.use_peft:
+            raise SystemExit("--merge-lora merges LoRA adapters: it needs --use-peft")
+        if self.lora_r < 1 or not 0 <= self.lora_dropout < 1:
+            raise SystemExit(f"--lora-r must be >= 1 (got {self.lora_r}), "
+                             f"--lora-dropout in [0, 1) (got {self.lora_dropout})")
+
+
+def is_peft(model):
+    """Whether the model carries LoRA adapters: a PeftModel (without importing peft, which only LoRA runs load)."""
+    return hasattr(model, "get_base_model")
+
+
+def add_lora(model, lora, dtype=torch.float32):
+    """With --use-peft: the model with LoRA adapters (a PeftModel). Its own weights are frozen and stored in `dtype`
+    (bf16 on GPUs that support it: they only ever run under autocast); the adapters, and the scalar head `score` of a
+    reward or value model, are trained and kept in fp32 for Adam. Without --use-peft: the model as it was."""
+    if not lora.use_peft:
+        return model
+    from peft import LoraConfig, get_peft_model  # imported only by runs that use it
+
+    head = ["score"] if hasattr(model, "score") else None  # a fresh head must be trained whole, not adapted
+    targets = lora.lora_target_modules
+    config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                        target_modules="all-linear" if targets in (None, ["all-linear"]) else targets,
+                        modules_to_save=head, task_type="SEQ_CLS" if head else "CAUSAL_LM")
+    try:
+        with warnings.catch_warnings():  # peft's notes on GPT-2's Conv1D layout and a transformers rename
+            warnings.filterwarnings("ignore", message="fan_in_fan_out|`is_gradient_checkpointing`")
+            model = get_peft_model(model.to(dtype), config)
+    except ValueError as e:  # target modules that the model does not have
+        raise SystemExit(f"--lora-target-modules: {e}") from None
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model
+
+
+class AdaptersOff:
+    """The reference without a second copy: the same network called with its adapters disabled, which computes
+    exactly the starting model (its own weights are frozen). It holds no weights, so there is nothing to move."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        with self.model.disable_adapter():
+            return self.model(*args, **kwargs)
+
+    def to(self, *args, **kwargs):
+        return self
+
+
+def reference_of(model, dtype=torch.float32):
+    """The frozen reference, the starting model: with adapters, the same network with them off (AdaptersOff); without,
+    a frozen copy in `dtype` (bf16 on GPUs that support it: it only runs under autocast)."""
+    if is_peft(model):
+        return AdaptersOff(model)
+    return copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+
+
+def trainable(*modules):
+    """The parameters the optimizer updates: all of them, or with --use-peft the adapters and heads."""
+    return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+
+def save(model, tokenizer, output_dir, run_name="", merge_lora=False):
+    """The trained model and its tokenizer in output_dir, or runs/<run_name>/model when it is ''; returns the directory.
+    With adapters: the adapter directory (adapter_config.json and the adapters' weights, a reward model's head
+    included); with merge_lora the merged weights instead, which load with transformers alone, and the adapter
+    directory in <output_dir>/adapter."""
+    out_dir = output_dir or os.path.join("runs", run_name, "model")
+    if is_peft(model) and merge_lora:
+        model.save_pretrained(os.path.join(out_dir, "adapter"))
+        tokenizer.save_pretrained(os.path.join(out_dir, "adapter"))
+        model = model.to("cpu", torch.float32).merge_and_unload()  # in fp32: small updates not lost to bf16 rounding
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -68,8 +68,9 @@ def check(spec):
         models.stop(problem)
 
 
-def load(spec, policy_tokenizer, label=None, device="cpu", trust_remote_code=False):
-    """The reward as a dict for score(): {"kind", and per kind "fn" or "model", "tokenizer", "label", "same_vocab"}."""
+def load(spec, policy_tokenizer, label=None, device="cpu", trust_remote_code=False, dtype=torch.float32):
+    """The reward as a dict for score(): {"kind", and per kind "fn" or "model", "tokenizer", "label", "same_vocab"}.
+    A reward model is frozen: its weights are stored in `dtype` (bf16 on GPUs that support it, under autocast)."""
     if spec == "gold":
         return {"kind": "gold"}
     if spec.endswith(".py") or ".py:" in spec:
@@ -77,7 +78,7 @@ def load(spec, policy_tokenizer, label=None, device="cpu", trust_remote_code=Fal
             raise SystemExit(f"--reward-model {spec}: name the function too, as in my_rewards.py:reward")
         return {"kind": "function", "fn": _load_function(spec), "name": spec}
     tokenizer = models.load_tokenizer(spec, trust_remote_code)
-    model = models.load_reward_model(spec, torch.float32, trust_remote_code, num_labels=None)
+    model = models.load_reward_model(spec, dtype, trust_remote_code, num_labels=None)
     model = models.disable_dropout(model).to(device).eval().requires_grad_(False)
     kind = "decoder" if hasattr(model, "score") else "encoder"  # a decoder's head is read at the last token by us
     same_vocab = kind == "decoder" and tokenizer.get_vocab() == policy_tokenizer.get_vocab()

@@ -14,9 +14,13 @@ sys.path.insert(0, str(ROOT))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config,  # noqa: E402
+                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM)
 
-from common import task  # noqa: E402
+import standins  # noqa: E402
+from common import models, task  # noqa: E402
+
+LORA_KINDS = ("gpt2", "llama", "qwen2")  # the architectures every script runs with --use-peft in the tests
 
 
 def task_tokenizer(pad="own"):
@@ -60,6 +64,21 @@ def llama_pad_eos(tmp_path_factory):
     return build_checkpoint(tmp_path_factory.mktemp("llama_pad_eos"), "llama", pad="eos")
 
 
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory):
+    """standin(what, name): a stand-in built once per session (tests/standins.py), its path. what: "lm" (a causal LM
+    of kind name), "rm" (a decoder reward model of kind name) or "data" (the dataset name)."""
+    builders = {"lm": standins.build_causal_lm, "rm": standins.build_sequence_classifier, "data": standins.write_dataset}
+    built = {}
+
+    def get(what, name):
+        if (what, name) not in built:
+            built[what, name] = builders[what](tmp_path_factory.mktemp(f"{what}_{name}"), name)
+        return built[what, name]
+
+    return get
+
+
 def run_script(script, *args, timeout=600, cwd=None, nproc=1):
     """Run one of the scripts as a user would (with nproc > 1: under `torchrun --nproc_per_node nproc`, gloo on CPU);
     return its stdout (the test fails with the output if it fails)."""
@@ -78,6 +97,57 @@ def run_capture(script, *args, cwd, env=None, timeout=120):
     env = {k: v for k, v in env.items() if v is not None}
     p = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
     return p.returncode, p.stdout + p.stderr
+
+
+def run_failing(script, *args, cwd=None):
+    """Run a script that must refuse its flags: returns the one line it ended with (no traceback, exit code 1)."""
+    cmd = [sys.executable, str(ROOT / script), *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd or ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    return p.stderr.strip().splitlines()[-1]
+
+
+def check_lora_save(out_dir, base, r, head=False):
+    """What a --use-peft --merge-lora run saved in out_dir, against the checkpoint it started from (base):
+    - out_dir/adapter holds adapter weights only (lora_A, lora_B), and with head=True the scalar head `score`;
+    - out_dir loads with transformers alone, and every weight of it is the base's bit for bit except those of the
+      adapted layers, each moved by an update of rank <= r (B A: the adapters, nothing else, were trained), and the head;
+    - the merged model computes what the base with the adapters computes.
+    Returns the number of adapted layers."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    cls, kwargs = (AutoModelForSequenceClassification, {"num_labels": 1}) if head else (AutoModelForCausalLM, {})
+    saved = load_file(Path(out_dir) / "adapter" / "adapter_model.safetensors")
+    assert all(".lora_A." in k or ".lora_B." in k for k in saved if k != "base_model.model.score.weight"), sorted(saved)
+    assert ("base_model.model.score.weight" in saved) == head
+    adapted = {k.split(".lora_")[0].removeprefix("base_model.model.") + ".weight" for k in saved if ".lora_" in k}
+    merged = cls.from_pretrained(out_dir).eval()
+    start = cls.from_pretrained(base, **kwargs).state_dict()
+    moved = 0
+    for name, w in merged.state_dict().items():
+        if name in adapted:
+            s = torch.linalg.svdvals((w - start[name]).double())
+            assert s[r:].max() < 1e-3 * s[0], (name, s[: r + 2])  # rank <= r, up to fp32 rounding of W + B A
+            moved += s[0].item() > 0
+        elif head and name.startswith("score."):
+            assert torch.equal(w, saved["base_model.model.score.weight"])
+        else:
+            assert torch.equal(w, start[name]), name
+    assert moved == len(adapted) > 0
+    with_adapters = PeftModel.from_pretrained(cls.from_pretrained(base, **kwargs), Path(out_dir) / "adapter").eval()
+    ids = torch.randint(0, merged.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, 8:] = 0
+    with torch.no_grad():
+        if head:
+            a, b = models.reward_at_last_token(merged, ids, mask), models.reward_at_last_token(with_adapters, ids, mask)
+        else:
+            a = merged(input_ids=ids, attention_mask=mask).logits
+            b = with_adapters(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    return len(adapted)
 
 
 def scalars(run_root):

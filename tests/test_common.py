@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from common import data, models, task
-from conftest import build_checkpoint
+from conftest import LORA_KINDS, build_checkpoint, check_lora_save, run_failing
 
 PROMPT = "Which is larger, 12 or 7?"
 
@@ -373,3 +373,100 @@ def test_micro_batch_weights_make_the_ddp_average_the_global_mean(n, world, size
 def test_global_means_without_torchrun_are_plain_means_and_nan_for_nothing():
     out = models.global_means({"a": [1.0, 2.0, 6.0], "b": [True, False], "c": []})
     assert out["a"] == 3.0 and out["b"] == 0.5 and math.isnan(out["c"])
+# ---------------------------------------------------------------- LoRA (--use-peft): adapters, the reference, saving
+
+def _inputs(vocab_size):
+    ids = torch.randint(0, vocab_size, (3, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _as_if_trained(model, seed=0):
+    """Adapters moved away from their start (lora_B = 0), as training moves them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("kind", LORA_KINDS)
+def test_the_reference_is_the_policy_with_adapters_off_and_exactly_the_start(standin, kind):
+    """With --use-peft the reference of dpo.py and ppo_rlhf.py is the policy with its adapters off: it computes the
+    starting model's logits bit for bit however far the adapters moved (so the first DPO loss is ln 2 and the first
+    PPO KL is 0), while the policy itself moves; and the adapters are on again afterwards."""
+    path = standin("lm", kind)
+    start = models.load_causal_lm(path).eval()
+    policy = models.add_lora(models.load_causal_lm(path), models.LoraArgs(use_peft=True, lora_r=4))
+    reference = models.reference_of(policy)
+    batch = _inputs(start.config.vocab_size)
+    with torch.no_grad():
+        expected = start(**batch).logits
+        assert torch.equal(policy(**batch).logits, expected)  # lora_B starts at 0: the adapters add exactly 0
+        _as_if_trained(policy)
+        assert (policy(**batch).logits - expected).abs().max() > 1e-2
+        assert torch.equal(reference(**batch).logits, expected)
+        assert (policy(**batch).logits - expected).abs().max() > 1e-2
+    assert reference.to("cpu") is reference  # no weights of its own: nothing to move, nothing copied
+    assert sum(p.numel() for p in policy.parameters()) < 1.5 * sum(p.numel() for p in start.parameters())
+
+
+def test_without_adapters_the_reference_is_a_frozen_copy(standin):
+    policy = models.load_causal_lm(standin("lm", "llama"))
+    reference = models.reference_of(policy, torch.bfloat16)
+    assert reference is not policy and not reference.training
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in reference.parameters())
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in policy.parameters())
+
+
+@pytest.mark.parametrize("head, targets", [(False, None), (True, None), (False, ["q_proj", "v_proj"])])
+def test_add_lora_trains_adapters_and_head_in_fp32_and_freezes_the_rest_in_dtype(standin, head, targets):
+    path = standin("lm", "llama")
+    model = models.load_reward_model(path) if head else models.load_causal_lm(path)
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in ("lm_head", "score")]
+    adapted = [n for n in linear if targets is None or n.split(".")[-1] in targets]
+    assert len(adapted) == (14 if targets is None else 4)  # 2 layers x (q, k, v, o, gate, up, down)
+    expected = {f"base_model.model.{n}.lora_{x}.default.weight" for n in adapted for x in "AB"}
+    expected |= {"base_model.model.score.modules_to_save.default.weight"} if head else set()
+    lora = models.add_lora(model, models.LoraArgs(use_peft=True, lora_r=2, lora_target_modules=targets), torch.bfloat16)
+    trained = {n: p for n, p in lora.named_parameters() if p.requires_grad}
+    assert set(trained) == expected
+    assert all(p.dtype == torch.float32 for p in trained.values())
+    assert all(p.dtype == torch.bfloat16 for p in lora.parameters() if not p.requires_grad)
+    assert [id(p) for p in models.trainable(lora)] == [id(p) for p in trained.values()]
+    assert models.add_lora(model, models.LoraArgs()) is model  # without --use-peft: untouched
+
+
+def test_save_the_adapter_directory_or_merged_weights(standin, tmp_path):
+    """Without --merge-lora: the adapter directory (no model: passing it as --model is refused in one line); with
+    it, merged weights in fp32 even when the frozen ones were bf16 (a small update is not rounded away), which load
+    with transformers alone and compute what the adapters did (check_lora_save)."""
+    base = standin("lm", "qwen2")
+    tok = models.load_tokenizer(base)
+    lora = models.LoraArgs(use_peft=True, lora_r=3)
+    model = models.add_lora(models.load_causal_lm(base), lora)
+    _as_if_trained(model)
+    models.save(model, tok, tmp_path / "adapter")
+    saved = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= saved
+    assert not (tmp_path / "adapter" / "config.json").exists()
+    with pytest.raises(SystemExit, match="holds LoRA adapters, not a model: save with --merge-lora"):
+        models.load_causal_lm(str(tmp_path / "adapter"))
+    models.save(model, tok, tmp_path / "merged", merge_lora=True)
+    assert check_lora_save(tmp_path / "merged", base, 3) == 14
+    bf16 = models.add_lora(models.load_causal_lm(base), lora, torch.bfloat16)
+    _as_if_trained(bf16)
+    models.save(bf16, tok, tmp_path / "merged_bf16", merge_lora=True)
+    merged = models.load_causal_lm(str(tmp_path / "merged_bf16"))
+    start = models.load_causal_lm(base).to(torch.bfloat16).float()
+    delta = merged.model.layers[0].self_attn.q_proj.weight - start.model.layers[0].self_attn.q_proj.weight
+    assert merged.dtype == torch.float32 and torch.linalg.matrix_rank(delta) == 3  # B A kept whole, not rounded to bf16
+
+
+def test_lora_flag_mistakes_end_in_one_line(standin):
+    assert run_failing("sft.py", "--merge-lora") == "--merge-lora merges LoRA adapters: it needs --use-peft"
+    assert run_failing("dpo.py", "--use-peft", "--lora-r", "0").startswith("--lora-r must be >= 1")
+    assert run_failing("sft.py", "--use-peft").startswith("--use-peft adapts a pretrained model: pass --model")
+    line = run_failing("sft.py", "--model", standin("lm", "gpt2"), "--use-peft", "--lora-target-modules", "q_proj")
+    assert line.startswith("--lora-target-modules:") and "q_proj" in line

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 import dpo
 from common import data, models, task
-from conftest import one_and_two_processes, run_script, scalars
+from conftest import LORA_KINDS, check_lora_save, one_and_two_processes, run_script, scalars
 
 LN2 = math.log(2)
 
@@ -307,3 +307,20 @@ def test_two_processes_with_a_last_batch_smaller_than_the_number_of_processes(tm
                      cwd=tmp_path, nproc=2)
     assert out.count("dpo (sigmoid") == 1 and "on 2 process(es)" in out
     assert len(scalars(tmp_path / "runs")["train/loss"]) == 3  # 16, 16 and 16 + 1
+
+
+@pytest.mark.parametrize("kind, flags", zip(LORA_KINDS, [[], ["--reference-on-the-fly"], ["--gradient-checkpointing"]]))
+def test_use_peft_reference_is_the_start_and_only_adapters_train(tmp_path, standin, kind, flags):
+    """--use-peft on the GPT-2, Llama and Qwen2 stand-ins (TL;DR preference pairs), the reference precomputed or run
+    at every step with the adapters off: the first loss is ln 2 (policy = reference), then the policy moves away from
+    a reference that stays put (were the adapters left on, every margin would stay 0 with the on-the-fly reference);
+    only the adapters train and the merged save loads with transformers (check_lora_save)."""
+    base = standin("lm", kind)
+    run_script("dpo.py", "--model", base, "--dataset", standin("data", "tldr-preference"), "--num-epochs", "3",
+               "--per-device-batch-size", "8", "--learning-rate", "1e-2", "--use-peft", "--lora-r", "2", "--merge-lora",
+               *flags, "--output-dir", str(tmp_path / "m"), cwd=tmp_path)
+    logged = scalars(tmp_path / "runs")
+    assert logged["train/loss"][0] == pytest.approx(LN2, abs=1e-5)
+    assert logged["rewards/margins"][0] == pytest.approx(0.0, abs=1e-5)
+    assert logged["train/loss"][-1] < LN2 - 0.05 and abs(logged["rewards/margins"][-1]) > 0.05, logged["train/loss"]
+    check_lora_save(tmp_path / "m", base, 2)

@@ -9,7 +9,7 @@ import torch
 
 import ppo_rlhf
 from common import data, models, task
-from conftest import run_script, scalars
+from conftest import LORA_KINDS, check_lora_save, run_script, scalars
 
 
 @pytest.fixture(autouse=True)
@@ -174,7 +174,7 @@ def test_rollout_logprobs_match_the_sampler_and_first_ratio_is_one(which, llama_
     prompts = task.all_prompts()[::97][:12]
     queries = [tok(p).input_ids[: 3 + i % 6] for i, p in enumerate(prompts)]  # ragged lengths: real left padding
     T, stop = 0.7, [tok.eos_token_id]
-    cfg = ppo_rlhf.generation_config(tok, stop, 10, T)
+    cfg = models.generation_config(tok, stop, 10, T)
     torch.manual_seed(0)
     r = ppo_rlhf.rollout(policy, policy, tok, queries, cfg, stop, T)
     # the same samples again, this time with generate()'s own logits
@@ -209,6 +209,47 @@ def test_rollout_logprobs_match_the_sampler_and_first_ratio_is_one(which, llama_
         logits = policy(input_ids=r["seq"][mb], attention_mask=r["mask"][mb]).logits[:, L - 1 : -1] / T
         no_pos = logits.log_softmax(-1).gather(-1, r["seq"][mb][:, L:, None]).squeeze(-1)
         assert ppo_rlhf.ppo_losses(no_pos, r["logprobs"][mb], adv, zeros, zeros, zeros, m[mb])[2]["approxkl"] > 1e-4
+
+
+def test_gradient_checkpointing_recomputes_in_the_update_and_rollouts_keep_the_kv_cache():
+    """--gradient-checkpointing on the policy and the value network: in the update each block runs again in the
+    backward pass (its activations recomputed, not stored) and the gradients are those without it; rollouts still
+    sample with the KV cache (one new token per forward after the prompt), although the policy is in training mode,
+    and sample what they sample without checkpointing (in training mode the blocks would drop the cache silently)."""
+    tok = models.load_tokenizer(models.BUNDLED_MODEL)
+    queries = [tok(p).input_ids for p in task.all_prompts()[:4]]
+    stop = [tok.eos_token_id]
+    cfg = models.generation_config(tok, stop, 6, 1.0)
+    lengths = []  # the sequence length inside the first block at each of its forwards, policy and value network
+
+    def counted(forward):  # module hooks stay outside the checkpoint (not re-run): count the forward itself
+        def forward_and_count(hidden_states):
+            lengths.append(hidden_states.shape[1])
+            return forward(hidden_states)
+        return forward_and_count
+
+    grads, samples = {}, {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same fresh value head both times
+        policy, value_model = models.load_causal_lm(models.BUNDLED_MODEL), models.load_reward_model(models.BUNDLED_MODEL)
+        for model in (policy, value_model):
+            if checkpointing:
+                models.checkpoint_activations(model)  # as the script does: in training mode, where it acts
+            model.base_model.h[0].mlp.forward = counted(model.base_model.h[0].mlp.forward)
+        lengths.clear()
+        torch.manual_seed(0)
+        r = ppo_rlhf.rollout(policy, policy, tok, queries, cfg, stop, 1.0)
+        assert policy.training == checkpointing and lengths[1:6] == [1] * 5, lengths  # the prompt, then a token at a time
+        samples[checkpointing] = r["seq"]
+        lengths.clear()
+        logprobs, _, _ = ppo_rlhf.forward_logprobs(policy, r["seq"], r["mask"], r["context_length"], 1.0)
+        values = models.head_per_token(value_model, r["seq"], r["mask"])
+        (logprobs.sum() + values.sum()).backward()
+        assert len(lengths) == (4 if checkpointing else 2)  # policy and value network forward, and again in backward
+        grads[checkpointing] = [p.grad for p in [*policy.parameters(), *value_model.parameters()]]
+    assert torch.equal(samples[False], samples[True])
+    for a, b in zip(grads[False], grads[True]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def save_reward_model(path, tokenizer, mean=0.3, std=2.0, seed=0):
@@ -295,3 +336,21 @@ def test_two_processes_share_the_rollouts_and_only_rank_0_reports(tmp_path):
     assert len(set(logged["objective/kl_coef"])) == 4  # the controller moved beta at every update
     assert all(0 <= n <= 16 for n in logged["val/num_eos_tokens"])  # a count over both processes' 8 responses each
     assert models.load_causal_lm(str(tmp_path / "model")).config.vocab_size == 189
+
+
+@pytest.mark.parametrize("kind, flags", zip(LORA_KINDS, [["--value-head-on-policy"], [], ["--gradient-checkpointing"]]))
+def test_use_peft_reference_is_the_start_and_only_adapters_train(tmp_path, standin, kind, flags):
+    """--use-peft on the GPT-2, Llama and Qwen2 stand-ins with a reward model of the same kind (TL;DR prompts): the
+    value network from the reward model with adapters and head (or a head on the policy), the reference the policy
+    with its adapters off. The first KL is exactly 0 and later ones are not (the reference stays put while the policy
+    moves); only the policy's adapters train and the merged save loads with transformers (check_lora_save)."""
+    base, rm = standin("lm", kind), standin("rm", kind)
+    out = run_script("ppo_rlhf.py", "--model", base, "--reward-model", rm, "--dataset", standin("data", "tldr"),
+                     "--total-episodes", "24", "--rollout-batch-size", "8", "--response-length", "8",
+                     "--num-eval-prompts", "8", "--learning-rate", "1e-2", "--use-peft", "--lora-r", "2", "--merge-lora", *flags,
+                     "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
+    assert ("--value-head-on-policy" in flags) != (f"value network initialized from {rm}" in out)
+    logged = scalars(tmp_path / "runs")
+    assert logged["objective/kl"][0] == 0.0 and logged["eval/kl"][0] == 0.0
+    assert logged["objective/kl"][-1] != 0.0 and logged["eval/kl"][-1] != 0.0
+    check_lora_save(tmp_path / "model", base, 2)

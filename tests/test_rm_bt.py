@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from common import data, models, task
-from conftest import one_and_two_processes, run_script
+from conftest import LORA_KINDS, check_lora_save, one_and_two_processes, run_script
 from rm_bt import bradley_terry_loss, reward_normalization, score, score_pairs
 
 
@@ -162,3 +162,20 @@ def test_global_batches_keep_every_pair_in_length_grouped_batches():
     # grouped: within a batch the lengths are close (far closer than in a random batch)
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread < 10, spread
+
+
+@pytest.mark.parametrize("kind", LORA_KINDS)
+def test_use_peft_trains_adapters_and_head_and_the_merged_save_keeps_the_normalization(tmp_path, standin, kind):
+    """--use-peft on the GPT-2, Llama and Qwen2 stand-ins (TL;DR preference pairs): adapters and the scalar head
+    trained, nothing else; the merged save loads with AutoModelForSequenceClassification, scores as the adapters did,
+    and keeps reward_mean in its config (what ppo_rlhf.py --reward-model reads)."""
+    base = standin("lm", kind)
+    out = run_script("rm_bt.py", "--model", base, "--dataset", standin("data", "tldr-preference"), "--num-epochs", "2",
+                     "--per-device-batch-size", "8", "--learning-rate", "1e-2", "--use-peft", "--lora-r", "2",
+                     "--merge-lora", "--output-dir", str(tmp_path / "m"), cwd=tmp_path)
+    before, after = map(float, re.search(r"eval accuracy ([\d.]+) -> ([\d.]+)", out).groups())
+    assert after > before, out[-500:]
+    check_lora_save(tmp_path / "m", base, 2, head=True)
+    mean = float(re.search(r"reward_mean (-?[\d.]+)", out).group(1))
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")
+    assert merged.config.reward_mean == pytest.approx(mean, abs=1e-3)

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from common import data, models, task
-from conftest import ROOT, run_script, scalars
+from conftest import LORA_KINDS, ROOT, check_lora_save, run_script, scalars
 from rm_kwise import (LOSSES, agreement, best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_metrics,
                       score_rankings)
 
@@ -224,3 +224,15 @@ def test_two_processes_follow_the_one_process_trajectory(tmp_path, layout):
     assert two["rewards/accuracies"] == pytest.approx(one["rewards/accuracies"], abs=1e-4)
     assert two["eval/accuracy"] == pytest.approx(one["eval/accuracy"], abs=1e-4)
     assert one["eval/accuracy"][-1] > one["eval/accuracy"][0] + 0.1  # it moved (measured: 0.51 -> 0.71 in both layouts)
+
+
+@pytest.mark.parametrize("kind", LORA_KINDS)
+def test_use_peft_on_nectar_trains_adapters_and_head(tmp_path, standin, kind):
+    """--use-peft on the GPT-2, Llama and Qwen2 stand-ins with Nectar's 7-wise rankings: adapters and the scalar
+    head trained, nothing else; the merged save loads with transformers and scores as the adapters did."""
+    base = standin("lm", kind)
+    out = run_script("rm_kwise.py", "--model", base, "--dataset", standin("data", "nectar"), "--num-epochs", "2",
+                     "--learning-rate", "1e-2", "--use-peft", "--lora-r", "2", "--merge-lora", "--output-dir", "rm",
+                     cwd=tmp_path)
+    assert "rm_kwise (plackett-luce)" in out
+    check_lora_save(tmp_path / "rm", base, 2, head=True)
