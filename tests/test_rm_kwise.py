@@ -4,6 +4,7 @@ import itertools
 import math
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -143,7 +144,7 @@ def test_one_forward_scatters_each_completion_to_its_slot(gpt2_no_pad):
     tok = models.load_tokenizer(gpt2_no_pad)
     model = models.load_reward_model(gpt2_no_pad).eval()
     rows = task.make_rankings(task.all_prompts()[:5], task.Labeler(), 2, 6, seed=0)
-    counts = {"examples": 0, "prompts truncated": 0, "completions truncated": 0}
+    counts = Counter()
     ids = [[data.encode(tok, r["prompt"], c, 96, 32, counts)[0] for c in r["completions"]] for r in rows]
     with torch.no_grad():
         scores, mask = score_rankings(model, ids, tok.pad_token_id, torch.device("cpu"))
@@ -157,7 +158,7 @@ def test_one_forward_scatters_each_completion_to_its_slot(gpt2_no_pad):
 # ---------------------------------------------------------------- end to end
 
 def reward(model, tok, prompt, completion):
-    counts = {"examples": 0, "prompts truncated": 0, "completions truncated": 0}
+    counts = Counter()
     ids, _ = data.encode(tok, prompt, completion, 96, 32, counts)
     with torch.no_grad():
         return models.reward_at_last_token(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)).item()
