@@ -427,10 +427,10 @@ def stop_token_ids(tokenizer, stop_token="", model_name=""):
     if not stop_token:
         return [tokenizer.eos_token_id]
     vocab = tokenizer.get_vocab()
-    stop = [vocab[stop_token]] if stop_token in vocab else tokenizer(stop_token, add_special_tokens=False).input_ids
-    if len(stop) != 1:
-        stop(f"--stop-token {stop_token!r} is not one token of the tokenizer of {model_name} (it is {len(stop)})")
-    return [tokenizer.eos_token_id] + stop
+    ids = [vocab[stop_token]] if stop_token in vocab else tokenizer(stop_token, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        stop(f"--stop-token {stop_token!r} is not one token of the tokenizer of {model_name} (it is {len(ids)})")
+    return [tokenizer.eos_token_id] + ids
 
 
 def generation_config(tokenizer, stop_ids, max_new_tokens, temperature):
