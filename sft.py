@@ -159,6 +159,9 @@ if __name__ == "__main__":
         train_rows, eval_rows = data.load_rows(args.dataset, "sft", args.dataset_config, args.dataset_train_split,
                                                args.dataset_test_split, verbose=rank == 0)
         eval_prompts = [r["prompt"] for r in eval_rows if isinstance(r["prompt"], str) and task.correct_answer(r["prompt"]) is not None]
+    if not eval_rows:
+        models.stop(f"--dataset {args.dataset} has no eval demonstrations (none of its prompts fell in the 5% held out): "
+                    "give it more prompts or a --dataset-test-split")
 
     # Model and tokenizer
     if args.model == "scratch":

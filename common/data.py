@@ -101,6 +101,8 @@ def load_rows(dataset, kind, config=None, train_split="train", test_split=None, 
             raise DataError(f"{flag} {split}: {dataset} has no such split; its splits are {', '.join(splits)}")
     one_file = list(splits) == ["train"] and Path(dataset).suffix in (".jsonl", ".json")
     train = validate(splits[train_split], kind, dataset if one_file else f"{dataset}[{train_split}]")
+    if not train:
+        raise DataError(f"--dataset {dataset}: no rows in split {train_split}" + (" (the file is empty)" if one_file else ""))
     if test_split is None:
         test_split = next((s for s in ("test", "validation") if s in splits and s != train_split), None)
     if test_split is not None:

@@ -3,6 +3,7 @@ left behind (issue 17). Each case runs a script as a user would, in an empty dir
 training starts, most before any model loads. They run in parallel: each is mostly Python importing torch."""
 
 import ast
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -109,3 +110,49 @@ def test_expected_warnings_are_replaced_by_one_line(tmp_path):
     assert "a fresh scalar head on common/bundled_model (the checkpoint has none)" in out
     assert "LOAD REPORT" not in out and "MISSING" not in out, out
     assert "attention_mask" not in out, out
+
+
+# ---------------------------------------------------------------- the user's data: checked before any model loads
+
+def _files(d):
+    """The data files a user gets wrong: empty, too small to hold out an eval split, not JSON, conversations for a
+    tokenizer without a chat template, English text for the bundled model's word-level vocabulary."""
+    (d / "empty.jsonl").write_text("")
+    three = [{"prompt": f"Which is larger, {i} or 7?", "completion": "It is 7.", "chosen": "It is 7.", "rejected": "It is 1.",
+              "completions": ["It is 7.", "It is 1."]} for i in range(3)]
+    (d / "three.jsonl").write_text("".join(json.dumps(r) + "\n" for r in three))
+    (d / "bad.jsonl").write_text(json.dumps(three[0]) + "\n{oops\n" + json.dumps(three[1]) + "\nnot json\n[1, \n")
+    chat = [{"prompt": [{"role": "user", "content": f"Which is larger, {i} or 7?"}], "chosen": "It is 7.", "rejected": "It is 1."}
+            for i in range(200)]
+    (d / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat))
+    english = [{"prompt": f"Please summarize forum post number {i} about gardening.", "chosen": "Plants need water.",
+                "rejected": "No idea."} for i in range(200)]
+    (d / "english.jsonl").write_text("".join(json.dumps(r) + "\n" for r in english))
+
+
+DATA_CASES = {
+    "an empty file (sft)": ("sft.py", ["--dataset", "empty.jsonl"], ["--dataset empty.jsonl: no rows in split train (the file is empty)"]),
+    "an empty file (ppo)": ("ppo_rlhf.py", ["--dataset", "empty.jsonl"], ["--dataset empty.jsonl: no rows in split train"]),
+    "three rows (sft)": ("sft.py", ["--dataset", "three.jsonl"], ["--dataset three.jsonl has no eval demonstrations"]),
+    "three rows (rm_bt)": ("rm_bt.py", ["--dataset", "three.jsonl"], ["--dataset three.jsonl has no eval pairs"]),
+    "three rows (rm_kwise)": ("rm_kwise.py", ["--dataset", "three.jsonl"], ["--dataset three.jsonl has no eval rankings"]),
+    "a mistyped path": ("dpo.py", ["--dataset", "./paris.jsonl"], ["--dataset ./paris.jsonl: no such file or folder"]),
+    "a hub dataset offline": ("ppo_rlhf.py", ["--dataset", "someone/prompts"],
+                              ["--dataset someone/prompts: not a local file or folder, and not found on the hub"]),
+    "every line that is not JSON": ("rm_bt.py", ["--dataset", "bad.jsonl"],
+                                    ["3 line(s) of bad.jsonl are not JSON", "bad.jsonl:2:", "bad.jsonl:4:", "bad.jsonl:5:"]),
+    "conversations without a chat template": ("dpo.py", ["--dataset", "chat.jsonl"], ["has no chat template"]),
+    "English for the bundled model": ("rm_bt.py", ["--dataset", "english.jsonl"],
+                                      ["unknown to the model's tokenizer", "pass --model with a pretrained model"]),
+}
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_a_data_mistake_stops_the_run_with_lines_that_name_it(case, tmp_path):
+    _files(tmp_path)
+    script, flags, lines = DATA_CASES[case]
+    code, out = run_capture(script, *flags, cwd=tmp_path)
+    assert code != 0 and "Traceback" not in out, out
+    for line in lines:
+        assert line in out, out
+    assert not (tmp_path / "runs").exists(), "a failed start left a run directory"
