@@ -379,7 +379,9 @@ if __name__ == "__main__":
         t0 = time.time()
         train_ref = precompute_reference(ref_model, train_c, train_r, args.per_device_batch_size, pad_id, device, autocast, rank, world)
         eval_ref = precompute_reference(ref_model, eval_c, eval_r, args.per_device_batch_size, pad_id, device, autocast, rank, world)
-        print(f"reference log-probs of {len(train_c) + len(eval_c)} pairs precomputed in {time.time() - t0:.1f}s") if rank == 0 else None
+        if rank == 0:
+            print(f"reference log-probs of {len(train_c)} train and {len(eval_c)} eval pairs precomputed in "
+                  f"{time.time() - t0:.1f}s")
         ref_model = ref_model.to("cpu") if args.eval_kl and eval_prompts else None
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -450,5 +452,5 @@ if __name__ == "__main__":
             summary += f" at KL {after['eval/kl']:.2f} nats" if "eval/kl" in after else ""
             summary += f", correct {before['eval/correct']:.0%} -> {after['eval/correct']:.0%}"
         elapsed = time.time() - start
-        print(summary + f", {elapsed:.0f}s training ({pairs_seen / elapsed:.0f} pairs/s) on {world} process(es), saved to {out_dir}")
+        print(summary + f", {elapsed:.0f}s training ({pairs_seen / elapsed:.3g} pairs/s) on {world} process(es), saved to {out_dir}")
     models.finish(writer)

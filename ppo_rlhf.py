@@ -253,7 +253,9 @@ def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temper
     query_mask = data.pad([[1] * len(q) for q in queries], 0, side="left").to(device)
     training = policy.training
     policy.eval()  # generate() with the KV cache: gradient checkpointing turns it off in training mode (no dropout here)
+    start = time.time()
     seq = models.generate(policy, input_ids=query, attention_mask=query_mask, generation_config=gen_config)
+    generation_seconds = time.time() - start
     policy.train(training)
     context_length = query.shape[1]
     responses, resp_mask, stopped = truncate_after_stop(seq[:, context_length:], stop_ids, tokenizer.pad_token_id)
@@ -265,7 +267,8 @@ def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temper
     texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(responses, resp_mask)]
     with_eos = ((responses == tokenizer.eos_token_id) & resp_mask.bool()).any(1)
     return dict(seq=seq, mask=mask, context_length=context_length, resp_mask=resp_mask.float(), stopped=stopped,
-                with_eos=with_eos, logprobs=logprobs, ref_logprobs=ref_logprobs, texts=texts)
+                with_eos=with_eos, logprobs=logprobs, ref_logprobs=ref_logprobs, texts=texts,
+                generation_seconds=generation_seconds, sampled_tokens=responses.numel())
 
 
 def golds_of(prompts, texts):
@@ -381,6 +384,7 @@ if __name__ == "__main__":
     rng = random.Random(args.seed)
     order, beta, episodes, start = [], args.kl_coef, 0, time.time()
     rm_counts = Counter()  # responses whose prompt was cut to fit the reward model's context
+    clock, sampled_tokens = Counter(), 0  # seconds in each part of an update; tokens generated (for tokens/s)
     for update in tqdm(range(1, num_updates + 1), desc="ppo", disable=rank != 0):
         lr = args.learning_rate * (1.0 - (update - 1) / num_updates)  # linear LR decay
         for group in optimizer.param_groups:
@@ -391,6 +395,7 @@ if __name__ == "__main__":
         prompts = [train_prompts[i] for i in idx]
 
         # 1. Rollout: sample, then log-probs of policy and reference, values, scores
+        tic = time.time()
         with torch.no_grad(), autocast:
             r = rollout(policy, ref_policy, tokenizer, [train_queries[i] for i in idx], gen_config, stop_ids, args.temperature)
             seq, mask, L, resp_mask = r["seq"], r["mask"], r["context_length"], r["resp_mask"]
@@ -398,6 +403,9 @@ if __name__ == "__main__":
             scores = scoring.score(reward, prompts, r["texts"], r["with_eos"], seq, mask, rm_counts).to(device)
         golds = golds_of(prompts, r["texts"])
         scores = scores - args.missing_eos_penalty * (~r["stopped"]).float()  # a response that never stopped is penalized
+        clock["generation"] += r["generation_seconds"]
+        clock["scoring"] += time.time() - tic - r["generation_seconds"]
+        sampled_tokens += r["sampled_tokens"]
 
         # 2. Rewards and advantages: per-token KL penalty, the score on the last token, GAE
         kl = per_token_kl(r["logprobs"], r["ref_logprobs"], args.kl_estimator, args.kl_clamp) * resp_mask
@@ -408,6 +416,7 @@ if __name__ == "__main__":
         advantages = masked_whiten(advantages, resp_mask)  # advantages whitened over valid tokens only
 
         # 3. PPO epochs over the rollout in minibatches
+        tic = time.time()
         stats = defaultdict(list)
         for epoch in range(args.num_ppo_epochs):
             for mb in torch.randperm(local_batch)[: minibatch_size * args.num_mini_batches].split(minibatch_size):
@@ -430,6 +439,8 @@ if __name__ == "__main__":
                 for k, v in s.items():
                     stats[k].append(v)
 
+        clock["update"] += time.time() - tic
+
         # 4. Logging (names as in TRL / lm-human-preference-details), then the adaptive KL coefficient
         episodes += args.rollout_batch_size
         avg = {k: sum(v) / len(v) for k, v in stats.items()}
@@ -443,15 +454,18 @@ if __name__ == "__main__":
             "val/num_eos_tokens": r["stopped"].sum().item() * world,  # a count: x world, since averaged below
             "val/response_length": resp_mask.sum(1).mean().item(),
             "charts/learning_rate": lr, "charts/SPS": episodes / (time.time() - start),
+            "charts/generated_tokens_per_second": sampled_tokens / clock["generation"],
         } | ({"objective/gold": sum(golds) / len(golds)} if golds else {}) | ({"loss/ptx_avg": avg["ptx"]} if "ptx" in avg else {})
         scalars = models.reduce_mean(scalars)  # averaged over processes (equal shares), so beta below moves the same everywhere
         models.log_scalars(writer, scalars, episodes)
         if args.target_kl is not None:
             beta = adaptive_kl_update(beta, scalars["objective/kl"], args.target_kl, args.rollout_batch_size, args.kl_horizon)
         if update % args.log_samples_every == 0 or update == num_updates:
+            tic = time.time()
             after = evaluate(episodes)
             rows = "\n".join(f"|{p}|{t}|{s:.2f}|" for p, t, s in after["samples"])
             writer.add_text("samples", f"|prompt|response|score|\n|-|-|-|\n{rows}", episodes)
+            clock["evaluation"] += time.time() - tic
 
     if world > 1:  # the processes' copies must have stayed identical (same averaged gradients, same steps)
         say(f"weights identical on the {world} processes: {models.identical_on_all_ranks(params)}")
@@ -463,5 +477,8 @@ if __name__ == "__main__":
         summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f}," if reward["kind"] != "gold" else ""
         if rm_counts['truncated for the reward model']:
             print(f"{rm_counts['truncated for the reward model']} rollout sequences were cut at their start to fit the reward model")
+        print(f"time: generation {clock['generation']:.1f}s ({sampled_tokens / clock['generation']:.0f} tokens/s), scoring "
+              f"(log-probs, values, reward) {clock['scoring']:.1f}s, update {clock['update']:.1f}s, "
+              f"evaluation {clock['evaluation']:.1f}s")
         print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
     models.finish(writer)

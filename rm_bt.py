@@ -404,6 +404,6 @@ if __name__ == "__main__":
         summary += f", gold accuracy {ev['gold_accuracy']:.3f}"
     summary += (f", eval loss {ev['loss']:.3f}, margin {ev['margin']:.2f}, reward-length corr {ev['reward_length_corr']:+.2f}, "
                 f"reward_mean {model.config.reward_mean:.3f} reward_std {model.config.reward_std:.3f}, "
-                f"{len(train) * args.num_epochs / train_time:.0f} pairs/s, {train_time:.0f}s on {world} process(es), saved to {out_dir}")
+                f"{len(train) * args.num_epochs / train_time:.3g} pairs/s, {train_time:.0f}s on {world} process(es), saved to {out_dir}")
     print(summary)
     models.finish(writer)

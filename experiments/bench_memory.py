@@ -94,10 +94,11 @@ class Args:
     """where the built models and data are kept (reused by later runs)"""
 
 
-def build(shape, work_dir):
-    """(policy dir, reward model dir): random-weight models of the shape with the task's tokenizer, a causal LM and
-    a sequence classifier with one output, saved in bf16 (the scripts load them in the dtype they need); built once."""
-    tok = task.build_tokenizer()
+def build(shape, work_dir, tok=None):
+    """(policy dir, reward model dir): random-weight models of the shape with a tokenizer (the task's by default), a
+    causal LM and a sequence classifier with one output, saved in bf16 (the scripts load them in the dtype they
+    need); built once."""
+    tok = tok or task.build_tokenizer()
     cfg = dict(SHAPES[shape])
     arch = cfg.pop("arch")
     ids = dict(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)

@@ -1,17 +1,27 @@
 """Our training steps against TRL's on the same workload: reward model (rm_bt.py vs RewardTrainer), DPO (dpo.py
 vs DPOTrainer, reference log-probs precomputed and on the fly) and PPO (ppo_rlhf.py vs TRL 1.12's PPOTrainer, the
-last release that has one, in its own environment). Same model, same data, same batch sizes, fp32 on this machine's
-CPU. Prints samples per second, peak memory and ours / TRL, the median of alternating runs.
+last release that has one, in its own environment). Same model, same data, same batch sizes and lengths, fp32 on
+this machine's CPU. Prints samples per second, peak memory and ours / TRL, the median of alternating runs, then
+where PPO's time goes (generation, scoring, update) and its generation speed beside plain model.generate.
 
     pip install -r requirements.txt -r experiments/requirements.txt
     python experiments/bench_trl.py                  # the bundled model, 1024 embedded pairs, 3 runs each
-    python experiments/bench_trl.py --trl-ppo-python <venv with trl==1.12.0>/bin/python     # adds the PPO row
+    python -m venv --system-site-packages ppo112 && ppo112/bin/pip install --no-deps trl==1.12.0
+    python experiments/bench_trl.py --trl-ppo-python ppo112/bin/python --only PPO    # the PPO row
+    python experiments/bench_trl.py --shape gpt2 --num-pairs 64 --ppo-episodes 32 --ppo-rollout 16 \\
+        --trl-ppo-python ppo112/bin/python                                          # GPT-2 124M (random weights)
 
-Samples per second count training time only: ours from the script's own summary (its training loop, plus for DPO
-the reference pass it prints), TRL's from trainer.train() (which runs its reference pass inside). Peak memory is
-the maximum resident set of the whole process (/usr/bin/time), imports and data included.
-PPO: rollouts of 64 prompts, 2 minibatches, 4 PPO epochs, responses up to 64 tokens, kl_coef 0.05, a reward model
-trained first by rm_bt.py (small settings) that also starts the value model, on both sides; episodes per second.
+--shape builds a model of that shape with random weights (experiments/bench_memory.py's shapes) and the GPT-2
+tokenizer stand-in of tests/standins.py (byte-level BPE; <|endoftext|> is unk, BOS and EOS; no pad token), once,
+under runs/bench_trl/; its reward model (same shape, one output) is the PPO row's reward and value model. Without
+--shape the PPO row's reward model is trained first by rm_bt.py on --model.
+
+Samples per second count training only. Ours: the rate the script logs to TensorBoard at its last step, before
+the final evaluation and save (for DPO with the reference precomputed, plus the time of that pass, as TRL's
+train() runs it inside). TRL's: trainer.train(), which runs no evaluation here. Peak memory is the maximum
+resident set of the whole process (/usr/bin/time), imports and data included. PPO: 2 minibatches, 4 PPO epochs,
+kl_coef 0.05; episodes per second. Random weights never sample EOS, so at --shape every response is
+--ppo-response-length tokens long on both sides.
 """
 
 import json
@@ -20,24 +30,35 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
+import torch
 import tyro
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from common import models, task  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from bench_memory import build, last_rate  # noqa: E402
+from common import data, models, task  # noqa: E402
 
 
 @dataclass
 class Args:
     model: str = models.BUNDLED_MODEL
-    """the model both sides train (a local path or hub name)"""
+    """the model both sides train (a local path or hub name); --shape replaces it"""
+    shape: Literal["", "gpt2", "1b"] = ""
+    """build a model of this shape with random weights and a GPT-2-style tokenizer and use it: gpt2 (124M), 1b"""
     num_pairs: int = 1024
     """embedded pairs in the workload (ours holds out the prompts of about 5% of them for its end-of-run evaluation)"""
     batch_size: int = 16
     """pairs per optimizer step on both sides"""
+    max_length: int = 128
+    """tokens per prompt + response on both sides (the embedded pairs fit: at most 115 with the GPT-2 tokenizer)"""
     repeats: int = 3
     """runs of each configuration, alternating ours and TRL's; the median is reported"""
     trl_python: str = sys.executable
@@ -45,7 +66,11 @@ class Args:
     trl_ppo_python: str = ""
     """the Python of an environment with trl==1.12.0 (for the PPO row; skipped when empty)"""
     ppo_episodes: int = 1024
-    """PPO episodes per run (16 rollouts of 64)"""
+    """PPO episodes per run"""
+    ppo_rollout: int = 64
+    """prompts per PPO rollout (split into 2 minibatches)"""
+    ppo_response_length: int = 64
+    """tokens per PPO response at most"""
     only: str = ""
     """run only the workloads whose name contains this (e.g. 'PPO', 'DPO')"""
 
@@ -59,66 +84,112 @@ def timed(cmd, cwd):
     return p.stdout, int(re.search(r"PEAK_KB (\d+)", p.stderr).group(1)) / 1024
 
 
-def ours(script, flags, data, a, cwd):
-    """Samples per second of our training (its summary line) and peak memory."""
-    out, peak = timed([sys.executable, str(ROOT / script), "--model", a.model, "--dataset", data, "--num-epochs", "1",
-                       "--per-device-batch-size", str(a.batch_size), "--learning-rate", "1e-4", "--eval-every", "1000000",
-                       "--output-dir", str(cwd / "out"), *flags], cwd)
-    if script == "rm_bt.py":
-        return float(re.search(r"(\d+) pairs/s, \d+s on", out).group(1)), peak
-    seconds = float(re.search(r"([\d.]+)s training \((\d+) pairs/s\)", out).group(1))
-    rate = float(re.search(r"s training \((\d+) pairs/s\)", out).group(1))
-    pre = re.search(r"precomputed in ([\d.]+)s", out)
-    if pre:  # count the reference pass too, as TRL's train() does
-        n = rate * seconds
-        rate = n / (seconds + float(pre.group(1)))
-    return rate, peak
+def ours(script, flags, a, work):
+    """(samples per second of our training, peak MB, stdout) of one run of a script, in a fresh directory."""
+    cwd = Path(tempfile.mkdtemp(dir=work))
+    out, peak = timed([sys.executable, str(ROOT / script), "--model", a.model, "--output-dir", "out", *flags], cwd)
+    tag = "charts/SPS" if script == "ppo_rlhf.py" else "charts/pairs_per_second"
+    rate = last_rate(cwd, tag)
+    pre = re.search(r"of (\d+) train and (\d+) eval pairs precomputed in ([\d.]+)s", out)
+    if pre:  # count the reference pass over the train pairs too, as TRL's train() runs it inside
+        n_train, n_eval, seconds = int(pre.group(1)), int(pre.group(2)), float(pre.group(3))
+        rate = n_train / (n_train / rate + seconds * n_train / (n_train + n_eval))
+    return rate, peak, out
 
 
-def ours_ppo(rm, a, cwd):
-    """Episodes per second of ppo_rlhf.py against the reward model (its summary's episodes and seconds) and peak memory."""
-    out, peak = timed([sys.executable, str(ROOT / "ppo_rlhf.py"), "--model", a.model, "--reward-model", rm, "--num-eval-prompts", "8",
-                       "--total-episodes", str(a.ppo_episodes), "--log-samples-every", "1000000", "--output-dir", str(cwd / "out")], cwd)
-    episodes, seconds = map(float, re.search(r"(\d+) episodes in (\d+)s", out).groups())
-    return episodes / seconds, peak
-
-
-def trl(algo, flags, data, a, cwd, python=None):
+def trl(algo, flags, data_file, a, work, python=None):
     out, peak = timed([python or a.trl_python, str(ROOT / "experiments" / "trl_runner.py"), algo, "--model", a.model,
-                       "--data", data, "--batch-size", str(a.batch_size), *flags], cwd)
-    return json.loads(out.strip().splitlines()[-1])["samples_per_second"], peak
+                       "--data", data_file, "--batch-size", str(a.batch_size), "--max-length", str(a.max_length),
+                       *flags], work)
+    return json.loads(out.strip().splitlines()[-1])["samples_per_second"], peak, out
+
+
+@torch.no_grad()
+def plain_generate(model_path, prompts, new_tokens, repeats=3):
+    """Tokens per second of model.generate alone, sampling up to new_tokens per prompt for one batch of prompts
+    (left-padded, KV cache, pure sampling): median of repeats, tokens counted as rows x positions generated."""
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    queries = [tok(p).input_ids for p in prompts]
+    ids = data.pad(queries, pad, side="left")
+    mask = data.pad([[1] * len(q) for q in queries], 0, side="left")
+    rates = []
+    for _ in range(repeats):
+        start = time.time()
+        out = models.generate(model, input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
+                              max_new_tokens=new_tokens, pad_token_id=pad)  # model.generate, one warning silenced
+        rates.append((out.shape[1] - ids.shape[1]) * len(prompts) / (time.time() - start))
+    return statistics.median(rates)
+
+
+def ppo_split(out):
+    """Seconds of generation, scoring and update, and generation tokens/s, from ppo_rlhf.py's summary."""
+    g, tps, s, u = re.search(r"generation ([\d.]+)s \((\d+) tokens/s\), scoring \(log-probs, values, reward\) "
+                             r"([\d.]+)s, update ([\d.]+)s", out).groups()
+    return float(g), float(s), float(u), float(tps)
 
 
 if __name__ == "__main__":
     a = tyro.cli(Args)
+    work = Path(tempfile.mkdtemp(prefix="bench_trl_"))
+    rm = ""
+    if a.shape:
+        import standins
+
+        a.model, rm = build(a.shape, ROOT / "runs" / "bench_trl", standins.make_tokenizer("gpt2"))
     if Path(models.resolve(a.model)).exists():  # a local model: an absolute path, as the runs work in another directory
         a.model = str(Path(models.resolve(a.model)).resolve())
-    cwd = Path(tempfile.mkdtemp(prefix="bench_trl_"))
     prompts = task.all_prompts()
     rows = task.make_pairs(prompts[:: max(1, len(prompts) // a.num_pairs)][: a.num_pairs], task.Labeler(), 1, seed=0)
-    data = str(cwd / "pairs.jsonl")
-    task.export_jsonl(rows, data)
-    print(f"{len(rows)} pairs, batch {a.batch_size}, model {a.model}, {a.repeats} alternating runs each; working in {cwd}")
-    dpo_flags = ["--num-eval-prompts", "1", "--eval-samples-per-prompt", "1", "--no-eval-kl"]
+    pairs = str(work / "pairs.jsonl")
+    task.export_jsonl(rows, pairs)
+    print(f"{len(rows)} pairs, batch {a.batch_size}, model {a.model}, {a.repeats} alternating runs each; in {work}")
+    a.num_pairs = len(rows)
+    common = ["--dataset", pairs, "--num-epochs", "1", "--per-device-batch-size", str(a.batch_size),
+              "--learning-rate", "1e-4", "--eval-every", "1000000", "--max-length", str(a.max_length)]
+    dpo = [*common, "--num-eval-prompts", "1", "--eval-samples-per-prompt", "1", "--no-eval-kl"]
     configs = [  # (name, our run, TRL's run)
-        ("reward model (Bradley-Terry)", lambda: ours("rm_bt.py", ["--reference-size", "16"], data, a, cwd), lambda: trl("reward", [], data, a, cwd)),
-        ("DPO, reference precomputed", lambda: ours("dpo.py", dpo_flags, data, a, cwd), lambda: trl("dpo", ["--precompute-ref"], data, a, cwd)),
-        ("DPO, reference on the fly", lambda: ours("dpo.py", [*dpo_flags, "--reference-on-the-fly"], data, a, cwd), lambda: trl("dpo", [], data, a, cwd)),
+        ("reward model (Bradley-Terry)", partial(ours, "rm_bt.py", [*common, "--reference-size", "16"], a, work),
+         partial(trl, "reward", [], pairs, a, work)),
+        ("DPO, reference precomputed", partial(ours, "dpo.py", dpo, a, work),
+         partial(trl, "dpo", ["--precompute-ref"], pairs, a, work)),
+        ("DPO, reference on the fly", partial(ours, "dpo.py", [*dpo, "--reference-on-the-fly"], a, work),
+         partial(trl, "dpo", [], pairs, a, work)),
     ]
     if a.trl_ppo_python:  # a reward model for both sides, and the train prompts as a file for TRL
-        timed([sys.executable, str(ROOT / "rm_bt.py"), "--model", a.model, "--pairs-per-prompt", "1", "--output-dir", str(cwd / "rm")], cwd)
-        task.export_jsonl([{"prompt": p} for p in task.split_prompts()[0]], cwd / "prompts.jsonl")
-        configs.append(("PPO (reward model, 64-prompt rollouts)", lambda: ours_ppo(str(cwd / "rm"), a, cwd),
-                        lambda: trl("ppo", ["--reward-model", str(cwd / "rm"), "--total-episodes", str(a.ppo_episodes), "--batch-size", "64"],
-                                    str(cwd / "prompts.jsonl"), a, cwd, a.trl_ppo_python)))
+        if not rm:
+            rm = str(work / "rm")
+            timed([sys.executable, str(ROOT / "rm_bt.py"), "--model", a.model, "--pairs-per-prompt", "1",
+                   "--output-dir", rm], work)
+        train_prompts = task.split_prompts()[0]
+        task.export_jsonl([{"prompt": p} for p in train_prompts], work / "prompts.jsonl")
+        n, length = str(a.ppo_rollout), str(a.ppo_response_length)
+        ppo = ["--reward-model", rm, "--num-eval-prompts", "8", "--total-episodes", str(a.ppo_episodes),
+               "--rollout-batch-size", n, "--response-length", length, "--kl-coef", "0.05", "--learning-rate", "3e-4",
+               "--log-samples-every", "1000000"]
+        trl_ppo = ["--reward-model", rm, "--total-episodes", str(a.ppo_episodes), "--response-length", length]
+        configs.append((f"PPO (reward model, {n}-prompt rollouts), episodes/s", partial(ours, "ppo_rlhf.py", ppo, a, work),
+                        partial(trl, "ppo", [*trl_ppo, "--batch-size", n], str(work / "prompts.jsonl"), a, work,
+                                a.trl_ppo_python)))
     header = "| workload | ours samples/s | TRL samples/s | ours / TRL | ours peak MB | TRL peak MB | ours / TRL |"
     lines = [header, "|---|---|---|---|---|---|---|"]
+    ppo_outs = []
     for name, run_ours, run_trl in [c for c in configs if a.only in c[0]]:
         results = {"ours": [], "trl": []}
         for _ in range(a.repeats):  # alternating, so drift in the machine's speed hits both sides alike
             results["ours"].append(run_ours())
             results["trl"].append(run_trl())
         (so, mo), (st, mt) = [tuple(statistics.median(x[i] for x in results[k]) for i in (0, 1)) for k in ("ours", "trl")]
-        lines.append(f"| {name} | {so:.0f} | {st:.0f} | {so / st:.2f} | {mo:.0f} | {mt:.0f} | {mo / mt:.2f} |")
+        lines.append(f"| {name} | {so:.3g} | {st:.3g} | {so / st:.2f} | {mo:.0f} | {mt:.0f} | {mo / mt:.2f} |")
         print(lines[-1], flush=True)
+        ppo_outs += [x[2] for x in results["ours"]] if name.startswith("PPO") else []
     print("\n".join(["", *lines]))
+    if ppo_outs:  # where our PPO's time goes, and its generation beside model.generate on one rollout's prompts
+        g, s, u, tps = (statistics.median(x) for x in zip(*map(ppo_split, ppo_outs)))
+        total = g + s + u
+        plain = plain_generate(a.model, train_prompts[: a.ppo_rollout], a.ppo_response_length)
+        print(f"\nppo_rlhf.py, medians of {len(ppo_outs)} runs: generation {g:.1f}s ({g / total:.0%}), scoring "
+              f"(log-probs, values, reward) {s:.1f}s ({s / total:.0%}), update {u:.1f}s ({u / total:.0%}); generation "
+              f"{tps:.0f} tokens/s, plain model.generate on {a.ppo_rollout} prompts {plain:.0f} tokens/s "
+              f"({tps / plain:.2f}x)")

@@ -9,6 +9,8 @@ import argparse
 import json
 import time
 
+import torch
+
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -31,7 +33,7 @@ tok = AutoTokenizer.from_pretrained(a.model)
 if tok.pad_token is None:
     tok.pad_token = tok.eos_token
 ds = load_dataset("json", data_files=a.data, split="train")
-# CPU, fp32, no evaluation, no checkpoints, no logging: only the training steps are timed
+# CPU, fp32 (the models load in fp32 whatever dtype they were saved in), no evaluation, no checkpoints, no logging: only the training steps are timed
 common = dict(output_dir="/tmp/trl_bench_out", per_device_train_batch_size=a.batch_size, learning_rate=a.learning_rate,
               num_train_epochs=1, logging_steps=10**9, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
               seed=a.seed, dataloader_num_workers=0)
@@ -39,21 +41,21 @@ samples = len(ds)
 if a.algo == "reward":
     from trl import RewardConfig, RewardTrainer
 
-    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
     trainer = RewardTrainer(model=model, args=RewardConfig(max_length=a.max_length, **common), train_dataset=ds, processing_class=tok)
 elif a.algo == "dpo":
     from trl import DPOConfig, DPOTrainer
 
-    model = AutoModelForCausalLM.from_pretrained(a.model)
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
     cfg = DPOConfig(beta=a.beta, precompute_ref_log_probs=a.precompute_ref, max_length=a.max_length, **common)
     trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
 else:  # rollouts of --batch-size prompts, 2 minibatches, 4 PPO epochs: ppo_rlhf.py's defaults
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    policy, ref = AutoModelForCausalLM.from_pretrained(a.model), AutoModelForCausalLM.from_pretrained(a.model)
-    rm = AutoModelForSequenceClassification.from_pretrained(a.reward_model, num_labels=1)
-    vm = AutoModelForSequenceClassification.from_pretrained(a.reward_model, num_labels=1)
+    policy, ref = (AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32) for _ in range(2))
+    rm, vm = (AutoModelForSequenceClassification.from_pretrained(a.reward_model, num_labels=1, dtype=torch.float32)
+              for _ in range(2))
     ds = ds.map(lambda r: {"input_ids": tok(r["prompt"]).input_ids}, remove_columns=ds.column_names)
     # TRL 1.12: rollout = per_device_train_batch_size x gradient_accumulation_steps, split into num_mini_batches
     common |= {"per_device_train_batch_size": a.batch_size // 2, "gradient_accumulation_steps": 2}
