@@ -22,7 +22,6 @@ the accelerator; a CPU copy is kept only to measure KL on samples at evaluation 
     python dpo.py --model <7B SFT model> --dataset ... --use-peft --gradient-checkpointing   # one GPU (README)
 """
 
-import math
 import random
 import statistics
 import time
@@ -389,8 +388,7 @@ if __name__ == "__main__":
     num_steps = args.num_epochs * len(models.global_batches(list(range(len(train_c))), global_batch, world))
     warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(models.trainable(model), lr=args.learning_rate, weight_decay=0.0)
-    schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = models.warmup_cosine(optimizer, warmup, num_steps)
     eval_args = (eval_ref, eval_c, eval_r, eval_prompts, eval_queries, args, pad_id, tokenizer, device, autocast, rank, world)
 
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run

@@ -208,8 +208,10 @@ def ppo_losses(logprobs, old_logprobs, advantages, vpred, old_values, returns, m
 
 def explained_variance(values, returns, mask):
     """1 - Var(returns - values) / Var(returns) over valid tokens: 1 is a perfect value function, <= 0 a useless one."""
-    var = lambda x: masked_mean((x - masked_mean(x, mask)) ** 2, mask)
-    return (1 - var(returns - values) / (var(returns) + 1e-8)).item()
+    residual = returns - values
+    var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    return (1 - var_residual / (var_returns + 1e-8)).item()
 
 
 def demonstration_nll(policy, demos, pad_id):
@@ -292,7 +294,7 @@ if __name__ == "__main__":
                 f"at least --num-mini-batches ({args.num_mini_batches}) per process")],
     )
     models.seed_everything(args.seed, args.torch_deterministic)
-    say = print if rank == 0 else lambda *a, **k: None
+    say = print if rank == 0 else models.quiet
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
     # Prompts (read and checked before any model loads): train prompts for rollouts, held-out ones for evaluation

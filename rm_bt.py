@@ -255,7 +255,7 @@ if __name__ == "__main__":
     )
     rank, world, device, dtype = models.setup_distributed(args.cuda)
     models.seed_everything(args.seed, args.torch_deterministic)
-    say = print if rank == 0 else lambda *a, **k: None
+    say = print if rank == 0 else models.quiet
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
@@ -300,9 +300,9 @@ if __name__ == "__main__":
     pad_id = tokenizer.pad_token_id
 
     train, counts = encode_pairs(train_rows, tokenizer, args, args.margin)
-    data.report(counts, "train pairs") if rank == 0 else None
+    data.report(counts, "train pairs", say)
     eval_pairs, counts = encode_pairs(eval_rows, tokenizer, args, args.margin)
-    data.report(counts, "eval pairs") if rank == 0 else None
+    data.report(counts, "eval pairs", say)
 
     # Ground truth where it is known: agreement with the gold preference (task prompts, plain-text responses),
     # and the labeler's ceiling, the accuracy a perfect reward model reaches on these noisy labels
@@ -321,8 +321,7 @@ if __name__ == "__main__":
     num_steps = args.num_epochs * len(models.global_batches(list(range(len(train))), global_batch, world))
     warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(models.trainable(model), lr=lr, weight_decay=args.weight_decay)
-    schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = models.warmup_cosine(optimizer, warmup, num_steps)
 
     def log_eval(step):
         with autocast:

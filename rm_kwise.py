@@ -262,7 +262,7 @@ if __name__ == "__main__":
     if args.shuffle_pairs and args.loss != "pairwise":
         raise SystemExit("--shuffle-pairs trains on single pairs, so it needs --loss pairwise (Bradley-Terry on each pair)")
     models.seed_everything(args.seed, args.torch_deterministic)
-    say = print if rank == 0 else lambda *a, **k: None
+    say = print if rank == 0 else models.quiet
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
@@ -301,9 +301,9 @@ if __name__ == "__main__":
     loss_fn = LOSSES[args.loss]
 
     train_ids, _, counts = encode_rankings(train_rows, tokenizer, args)
-    data.report(counts, "train rankings") if rank == 0 else None
+    data.report(counts, "train rankings", say)
     eval_ids, eval_lengths, counts = encode_rankings(eval_rows, tokenizer, args)
-    data.report(counts, "eval rankings") if rank == 0 else None
+    data.report(counts, "eval rankings", say)
     K = max(len(r["completions"]) for r in eval_rows)
     eval_lengths = padded(eval_lengths, K)
     # Gold agreement and the labeler's ceiling where the ground truth is known (task prompts / the embedded labeler)
@@ -329,8 +329,7 @@ if __name__ == "__main__":
     num_steps = args.num_epochs * len(models.global_batches(units, per_step, world))
     warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(models.trainable(model), lr=args.learning_rate, weight_decay=args.weight_decay)
-    schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = models.warmup_cosine(optimizer, warmup, num_steps)
     rng = random.Random(args.seed)
     pad_id = tokenizer.pad_token_id
 

@@ -8,7 +8,6 @@ With the defaults it trains the embedded task's small base policy from scratch o
     torchrun --nproc_per_node 4 sft.py --model gpt2 ...  # data parallel (DDP) on 4 GPUs
 """
 
-import math
 import random
 import time
 from contextlib import nullcontext
@@ -193,8 +192,7 @@ if __name__ == "__main__":
     warmup = int(args.warmup_ratio * num_steps)
 
     optimizer = torch.optim.AdamW(models.trainable(model), lr=lr, weight_decay=args.weight_decay)
-    schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = models.warmup_cosine(optimizer, warmup, num_steps)
 
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate(model, tokenizer, eval_batches, eval_prompts, eval_queries, args, autocast, rank, world)

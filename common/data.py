@@ -363,15 +363,15 @@ def encode_demonstrations(tokenizer, rows, max_length, max_prompt_length, what, 
     return out
 
 
-def report(counts, what, max_unknown=0.05):
-    """Print what was truncated, so nothing is cut silently; stop when the tokenizer does not know the text."""
+def report(counts, what, say=print, max_unknown=0.05):
+    """Say what was truncated, so nothing is cut silently; stop when the tokenizer does not know the text."""
     total = counts.get("examples") or counts.get("prompts") or 0
     unknown = counts.get("unknown tokens", 0)
     if unknown > max_unknown * max(counts.get("tokens", 0), 1):
         raise DataError(f"{what}: {unknown} of {counts['tokens']} tokens are unknown to the model's tokenizer. The bundled "
                         "model knows only the embedded task's words: pass --model with a pretrained model (e.g. gpt2)")
     cut = {k: v for k, v in counts.items() if "truncated" in k or k == "unknown tokens"}
-    print(f"{what}: {total} sequences" + "".join(f", {v} {k}" for k, v in cut.items() if v))
+    say(f"{what}: {total} sequences" + "".join(f", {v} {k}" for k, v in cut.items() if v))
 
 
 def pad(seqs, value, side="right"):

@@ -338,6 +338,16 @@ def quiet(*args, **kwargs):
     """print for ranks other than 0: says nothing."""
 
 
+def warmup_cosine(optimizer, warmup, num_steps):
+    """The learning rate times min(1, (s + 1) / warmup) (linear warmup) times 0.5 (1 + cos(pi s / num_steps)) (cosine
+    decay to 0) at step s."""
+
+    def factor(s):
+        return min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / num_steps)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class SilentWriter:
     """The TensorBoard writer of ranks other than 0: only rank 0 logs."""
 

@@ -71,6 +71,9 @@ class Args:
     """prompts per PPO rollout (split into 2 minibatches)"""
     ppo_response_length: int = 64
     """tokens per PPO response at most"""
+    gradient_checkpointing: bool = True
+    """recompute activations in the backward pass on both sides: TRL's trainers do by default (its configs say
+    gradient_checkpointing=True), our scripts with --gradient-checkpointing; --no-gradient-checkpointing: neither"""
     only: str = ""
     """run only the workloads whose name contains this (e.g. 'PPO', 'DPO')"""
 
@@ -87,7 +90,8 @@ def timed(cmd, cwd):
 def ours(script, flags, a, work):
     """(samples per second of our training, peak MB, stdout) of one run of a script, in a fresh directory."""
     cwd = Path(tempfile.mkdtemp(dir=work))
-    out, peak = timed([sys.executable, str(ROOT / script), "--model", a.model, "--output-dir", "out", *flags], cwd)
+    gc = ["--gradient-checkpointing"] if a.gradient_checkpointing else []
+    out, peak = timed([sys.executable, str(ROOT / script), "--model", a.model, "--output-dir", "out", *flags, *gc], cwd)
     tag = "charts/SPS" if script == "ppo_rlhf.py" else "charts/pairs_per_second"
     rate = last_rate(cwd, tag)
     pre = re.search(r"of (\d+) train and (\d+) eval pairs precomputed in ([\d.]+)s", out)
@@ -100,7 +104,7 @@ def ours(script, flags, a, work):
 def trl(algo, flags, data_file, a, work, python=None):
     out, peak = timed([python or a.trl_python, str(ROOT / "experiments" / "trl_runner.py"), algo, "--model", a.model,
                        "--data", data_file, "--batch-size", str(a.batch_size), "--max-length", str(a.max_length),
-                       *flags], work)
+                       *flags, *([] if a.gradient_checkpointing else ["--no-gradient-checkpointing"])], work)
     return json.loads(out.strip().splitlines()[-1])["samples_per_second"], peak, out
 
 
@@ -144,7 +148,8 @@ if __name__ == "__main__":
     rows = task.make_pairs(prompts[:: max(1, len(prompts) // a.num_pairs)][: a.num_pairs], task.Labeler(), 1, seed=0)
     pairs = str(work / "pairs.jsonl")
     task.export_jsonl(rows, pairs)
-    print(f"{len(rows)} pairs, batch {a.batch_size}, model {a.model}, {a.repeats} alternating runs each; in {work}")
+    print(f"{len(rows)} pairs, batch {a.batch_size}, model {a.model}, {a.repeats} alternating runs each, gradient "
+          f"checkpointing {'on' if a.gradient_checkpointing else 'off'} on both sides; in {work}")
     a.num_pairs = len(rows)
     common = ["--dataset", pairs, "--num-epochs", "1", "--per-device-batch-size", str(a.batch_size),
               "--learning-rate", "1e-4", "--eval-every", "1000000", "--max-length", str(a.max_length)]

@@ -24,6 +24,7 @@ p.add_argument("--max-length", type=int, default=96)
 p.add_argument("--beta", type=float, default=0.5)
 p.add_argument("--precompute-ref", action="store_true")
 p.add_argument("--seed", type=int, default=1)
+p.add_argument("--no-gradient-checkpointing", action="store_true", help="turn off TRL's default (on since TRL 0.2x)")
 p.add_argument("--reward-model", default="", help="ppo: the reward model directory (also the value model's start)")
 p.add_argument("--total-episodes", type=int, default=512)
 p.add_argument("--response-length", type=int, default=64)
@@ -36,7 +37,7 @@ ds = load_dataset("json", data_files=a.data, split="train")
 # CPU, fp32 (the models load in fp32 whatever dtype they were saved in), no evaluation, no checkpoints, no logging: only the training steps are timed
 common = dict(output_dir="/tmp/trl_bench_out", per_device_train_batch_size=a.batch_size, learning_rate=a.learning_rate,
               num_train_epochs=1, logging_steps=10**9, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
-              seed=a.seed, dataloader_num_workers=0)
+              seed=a.seed, dataloader_num_workers=0, gradient_checkpointing=not a.no_gradient_checkpointing)
 samples = len(ds)
 if a.algo == "reward":
     from trl import RewardConfig, RewardTrainer
@@ -69,4 +70,6 @@ else:  # rollouts of --batch-size prompts, 2 minibatches, 4 PPO epochs: ppo_rlhf
 start = time.time()
 trainer.train()  # with --precompute-ref the reference pass runs inside train(), as ours runs before its loop
 elapsed = time.time() - start
-print(json.dumps({"samples_per_second": samples / elapsed, "seconds": elapsed}))
+trained = policy if a.algo == "ppo" else model  # whether TRL did recompute activations (its config's default)
+print(json.dumps({"samples_per_second": samples / elapsed, "seconds": elapsed,
+                  "gradient_checkpointing": bool(getattr(trained, "is_gradient_checkpointing", False))}))

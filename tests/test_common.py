@@ -470,3 +470,16 @@ def test_lora_flag_mistakes_end_in_one_line(standin):
     assert run_failing("sft.py", "--use-peft").startswith("--use-peft adapts a pretrained model: pass --model")
     line = run_failing("sft.py", "--model", standin("lm", "gpt2"), "--use-peft", "--lora-target-modules", "q_proj")
     assert line.startswith("--lora-target-modules:") and "q_proj" in line
+
+
+def test_warmup_cosine_schedule_by_hand():
+    """2 warmup steps of 4: factors (s+1)/2 * (1 + cos(pi s / 4)) / 2 worked out by hand, stepped as the scripts step."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = models.warmup_cosine(optimizer, warmup=2, num_steps=4)
+    seen = []
+    for _ in range(5):
+        seen.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    # s=0: 0.5 * 1; s=1: 1 * (1 + 0.70711) / 2; s=2: (1 + 0) / 2; s=3: (1 - 0.70711) / 2; s=4: 0
+    assert seen == pytest.approx([0.5, 0.853553, 0.5, 0.146447, 0.0], abs=1e-6)
