@@ -387,7 +387,8 @@ if __name__ == "__main__":
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
     num_steps = args.num_epochs * len(models.global_batches(list(range(len(train_c))), global_batch, world))
     warmup = int(args.warmup_ratio * num_steps)
-    optimizer = torch.optim.AdamW(models.trainable(model), lr=args.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(models.trainable(model), lr=args.learning_rate, weight_decay=0.0,
+                                  fused=models.fused_adam(device))
     scheduler = models.warmup_cosine(optimizer, warmup, num_steps)
     eval_args = (eval_ref, eval_c, eval_r, eval_prompts, eval_queries, args, pad_id, tokenizer, device, autocast, rank, world)
 

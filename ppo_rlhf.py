@@ -340,7 +340,7 @@ if __name__ == "__main__":
         value_model, value_head = models.add_lora(value_model, args.lora, dtype).to(device), None  # adapters and head
         say(f"value network initialized from {value_init}" + ("" if from_rm else " (fresh scalar head)"))
     params = models.trainable(policy, value_head if value_model is None else value_model)
-    optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5)
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5, fused=models.fused_adam(device))
     torch.manual_seed(args.seed + rank)  # every process samples different responses
 
     def values_of(seq, mask, L, hidden=None):

@@ -320,7 +320,8 @@ if __name__ == "__main__":
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
     num_steps = args.num_epochs * len(models.global_batches(list(range(len(train))), global_batch, world))
     warmup = int(args.warmup_ratio * num_steps)
-    optimizer = torch.optim.AdamW(models.trainable(model), lr=lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(models.trainable(model), lr=lr, weight_decay=args.weight_decay,
+                                  fused=models.fused_adam(device))
     scheduler = models.warmup_cosine(optimizer, warmup, num_steps)
 
     def log_eval(step):

@@ -328,7 +328,8 @@ if __name__ == "__main__":
         units, per_step = list(range(len(train_ids))), args.prompts_per_batch
     num_steps = args.num_epochs * len(models.global_batches(units, per_step, world))
     warmup = int(args.warmup_ratio * num_steps)
-    optimizer = torch.optim.AdamW(models.trainable(model), lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(models.trainable(model), lr=args.learning_rate, weight_decay=args.weight_decay,
+                                  fused=models.fused_adam(device))
     scheduler = models.warmup_cosine(optimizer, warmup, num_steps)
     rng = random.Random(args.seed)
     pad_id = tokenizer.pad_token_id

@@ -191,7 +191,8 @@ if __name__ == "__main__":
     targets = [sum(mask[1:]) for _, mask in train]  # tokens each demonstration adds to the loss (the first is never one)
     warmup = int(args.warmup_ratio * num_steps)
 
-    optimizer = torch.optim.AdamW(models.trainable(model), lr=lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(models.trainable(model), lr=lr, weight_decay=args.weight_decay,
+                                  fused=models.fused_adam(device))
     scheduler = models.warmup_cosine(optimizer, warmup, num_steps)
 
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run

@@ -105,7 +105,10 @@ def trl(algo, flags, data_file, a, work, python=None):
     out, peak = timed([python or a.trl_python, str(ROOT / "experiments" / "trl_runner.py"), algo, "--model", a.model,
                        "--data", data_file, "--batch-size", str(a.batch_size), "--max-length", str(a.max_length),
                        *flags, *([] if a.gradient_checkpointing else ["--no-gradient-checkpointing"])], work)
-    return json.loads(out.strip().splitlines()[-1])["samples_per_second"], peak, out
+    result = json.loads(out.strip().splitlines()[-1])
+    if result["gradient_checkpointing"] != a.gradient_checkpointing:
+        print(f"note: TRL's {algo} ran with gradient checkpointing {result['gradient_checkpointing']}", flush=True)
+    return result["samples_per_second"], peak, out
 
 
 @torch.no_grad()
