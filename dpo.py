@@ -4,8 +4,9 @@ sampling during training (Rafailov et al. 2023), and its variants.
 With c = log pi(y_w|x) - log pi_ref(y_w|x) and r = log pi(y_l|x) - log pi_ref(y_l|x), summed over completion tokens:
     --loss-type sigmoid   -log sigmoid(beta (c - r))                          DPO (Rafailov et al. 2023)
     --loss-type ipo       (c/|y_w| - r/|y_l| - 1/(2 beta))^2                   IPO (Azar et al. 2023)
-    --loss-type hinge     relu(1 - beta (c - r))                              SLiC-HF (Zhao et al. 2023) as TRL writes it:
-                          with the reference; SLiC-HF's calibration loss, relu(delta - log pi(y_w) + log pi(y_l)), has none
+    --loss-type hinge     relu(1 - beta (c - r))                              SLiC-HF (Zhao et al. 2023) as TRL
+                          writes it, with the reference; SLiC-HF's calibration loss,
+                          relu(delta - log pi(y_w) + log pi(y_l)), has none
     --label-smoothing e   conservative DPO (Mitchell 2023) or, with --label-smoothing-form robust,
                           robust DPO (Chowdhury et al. 2024): labels flipped with probability e
     --rpo-alpha a         + a * per-token NLL of y_w (RPO, Pang et al. 2024): keeps chosen likelihoods from falling;
@@ -62,7 +63,8 @@ class Args:
     model: str = models.BUNDLED_MODEL
     """the policy to start from, and the reference (the SFT model): a hub name or local path"""
     dataset: str = "embedded"
-    """'embedded' (pairs labeled by the task's simulated labeler), a .jsonl/.json file, a local dataset folder or a hub dataset of pairs (common/data.py lists the layouts read)"""
+    """'embedded' (pairs labeled by the task's simulated labeler), a .jsonl/.json file, a local dataset folder or a hub
+    dataset of pairs (common/data.py lists the layouts read)"""
     dataset_config: Optional[str] = None
     """the dataset's configuration (subset), where it has several"""
     dataset_train_split: str = "train"
@@ -80,7 +82,7 @@ class Args:
     length_bias: float = 0.0
     """embedded task only: the labeler's preference per word of length"""
     num_train_prompts: Optional[int] = None
-    """embedded task only: use the first N train prompts (None: all 1566; fewer for quick runs or data-size ablations)"""
+    """embedded task only: the first N train prompts (None: all 1566; fewer for quick runs or data-size ablations)"""
     num_eval_prompts: Optional[int] = None
     """sample on the first N eval prompts (None: all, 174 on the embedded task, where it also limits the eval pairs)"""
     output_dir: str = ""
@@ -99,7 +101,8 @@ class Args:
     reference_on_the_fly: bool = False
     """run the reference model at every step instead of precomputing its log-probs once (keeps it in memory)"""
     eval_kl: bool = True
-    """measure the KL of samples to the reference at evaluation (embedded task prompts only): keeps a CPU copy of it (none with --use-peft)"""
+    """measure the KL of samples to the reference at evaluation (embedded task prompts only): keeps a CPU copy of it
+    (none with --use-peft)"""
 
     num_epochs: int = 1
     """passes over the pairs"""
@@ -110,19 +113,22 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
-    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (common/models.py)"""
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora
+    (common/models.py)"""
     learning_rate: Optional[float] = None
-    """peak learning rate; if not given: 3e-4 for a small model like the bundled one, 1e-6 for a pretrained one (the DPO paper, TRL)"""
+    """peak learning rate; if not given: 3e-4 for a small model like the bundled one,
+    1e-6 for a pretrained one (the DPO paper, TRL)"""
     warmup_ratio: float = 0.1
     """fraction of steps with linear warmup, then cosine decay to 0"""
     max_length: Optional[int] = None
-    """longest prompt + completion in tokens, longer ones truncated (counted); if not given: 96 for a small model, 1024 for a pretrained one (TRL), within its context"""
+    """longest prompt + completion in tokens, longer ones truncated (counted); if not given: 96 for a small model, 1024
+    for a pretrained one (TRL), within its context"""
     max_prompt_length: Optional[int] = None
     """longest prompt in tokens, its end kept; if not given: 32 for a small model, 512 for a pretrained one"""
     eval_every: int = 50
     """optimizer steps between evaluations"""
     eval_samples_per_prompt: int = 4
-    """samples per eval prompt at each evaluation (with 1, the base policy's mean gold moves by about 0.2 between seeds)"""
+    """samples per eval prompt per evaluation (with 1, the base policy's mean gold moves by about 0.2 between seeds)"""
     max_new_tokens: int = 64
     """longest sampled response at evaluation"""
     temperature: float = 1.0
@@ -137,8 +143,9 @@ def sequence_logps(logits, input_ids, completion_mask):
     return (logp * mask).sum(-1), mask.sum(-1)
 
 
-def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, loss_type="sigmoid",
-             label_smoothing=0.0, label_smoothing_form="conservative", chosen_tokens=None, rejected_tokens=None, rpo_alpha=0.0):
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+             loss_type="sigmoid", label_smoothing=0.0, label_smoothing_form="conservative",
+             chosen_tokens=None, rejected_tokens=None, rpo_alpha=0.0):
     """(losses, chosen_rewards, rejected_rewards), each (B,). Inputs are (B,) sequence log-probs summed over completion
     tokens; c = policy_chosen - ref_chosen, r = policy_rejected - ref_rejected, h = c - r, e = label_smoothing.
       sigmoid (DPO eq. 7):          -log sigmoid(beta h)
@@ -182,17 +189,9 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     return losses, beta * c.detach(), beta * r.detach()
 
 
-def collate(encoded, pad_id, device):
-    """(input_ids, attention_mask, completion_mask), right-padded, each (B, T)."""
-    ids = data.pad([e[0] for e in encoded], pad_id).to(device)
-    am = data.pad([[1] * len(e[0]) for e in encoded], 0).to(device)
-    cm = data.pad([e[1] for e in encoded], 0).to(device)
-    return ids, am, cm
-
-
 def concatenated_logps(model, chosen, rejected, pad_id, device):
     """One forward pass over chosen and rejected concatenated (2B rows: chosen first); (logps, n_tokens), each (2B,)."""
-    ids, am, cm = collate(chosen + rejected, pad_id, device)
+    ids, am, cm = data.collate(chosen + rejected, pad_id, device)
     return sequence_logps(model(input_ids=ids, attention_mask=am).logits, ids, cm)
 
 
@@ -204,19 +203,21 @@ def precompute_reference(ref_model, chosen, rejected, batch_size, pad_id, device
     mine = list(range(rank, len(chosen), world))
     for b in range(0, len(mine), batch_size):
         idx = mine[b : b + batch_size]
+        c, r = [chosen[i] for i in idx], [rejected[i] for i in idx]
         with autocast:
-            logps, _ = concatenated_logps(ref_model, [chosen[i] for i in idx], [rejected[i] for i in idx], pad_id, device)
+            logps, _ = concatenated_logps(ref_model, c, r, pad_id, device)
         out[idx] = logps.view(2, -1).T.double()
     if world > 1:
         dist.all_reduce(out)
     return out.float().cpu()
 
 
-METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"]
+METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+           "logps/chosen", "logps/rejected"]
 
 
 def pair_batch(model, ref_model, ref_logps, chosen, rejected, idx, args, pad_id, device):
-    """The loss (scalar) and the metrics of the pairs idx. ref_logps (N, 2) when precomputed, else ref_model runs now."""
+    """The loss (scalar) and metrics of the pairs idx; ref_logps (N, 2) when precomputed, else ref_model runs now."""
     c, r = [chosen[i] for i in idx], [rejected[i] for i in idx]
     logps, n_tokens = concatenated_logps(model, c, r, pad_id, device)
     if ref_logps is None:
@@ -231,13 +232,11 @@ def pair_batch(model, ref_model, ref_logps, chosen, rejected, idx, args, pad_id,
     margins = chosen_rewards - rejected_rewards
     metrics = {  # the names of METRICS
         "loss": losses.mean().item(),
-        "rewards/chosen": chosen_rewards.mean().item(),
-        "rewards/rejected": rejected_rewards.mean().item(),
+        "rewards/chosen": chosen_rewards.mean().item(), "rewards/rejected": rejected_rewards.mean().item(),
         "rewards/margins": margins.mean().item(),
         # a tie (policy == reference) counts as half right, so chance reads 0.5 and not 0
         "rewards/accuracies": ((margins > 0).float() + 0.5 * (margins == 0).float()).mean().item(),
-        "logps/chosen": logps[:B].mean().item(),
-        "logps/rejected": logps[B:].mean().item(),
+        "logps/chosen": logps[:B].mean().item(), "logps/rejected": logps[B:].mean().item(),
     }
     return losses.mean(), metrics
 
@@ -276,40 +275,6 @@ def sample_logps(model, batches, temperature):
     return torch.cat(out) if out else torch.zeros(0)  # none on a process that had no prompts
 
 
-@torch.no_grad()
-def evaluate(model, ref_model, ref_logps, chosen, rejected, eval_prompts, eval_queries, args, pad_id, tokenizer, device,
-             autocast, rank, world):
-    """Held-out pair metrics (eval/...), and on task prompts: samples, their gold reward and their sequence-level KL
-    to the reference, mean over samples of log pi(y|x) - log pi_ref(y|x) (the axes of the DPO paper's frontier)."""
-    model.eval()
-    idx = list(range(rank, len(chosen), world))
-    sums, n = Counter(), 0
-    for b in range(0, len(idx), args.per_device_batch_size):
-        part = idx[b : b + args.per_device_batch_size]
-        with autocast:
-            _, m = pair_batch(model, ref_model, ref_logps, chosen, rejected, part, args, pad_id, device)
-        sums.update({k: v * len(part) for k, v in m.items()})
-        n += len(part)
-    out = models.reduce_mean({f"eval/{k}": sums[k] / max(n, 1) for k in METRICS}, weight=n)
-    if eval_prompts:
-        prompts = (eval_prompts * args.eval_samples_per_prompt)[rank::world]
-        queries = (eval_queries * args.eval_samples_per_prompt)[rank::world]
-        texts, batches = sample(model, tokenizer, queries, args.max_new_tokens, args.temperature)
-        parts = [task.gold_components(p, t) for p, t in zip(prompts, texts)]
-        ev = {"eval/gold": [sum(c.values()) for c in parts], "eval/states_answer": [c["helpful"] > 0 for c in parts],
-              "eval/correct": [c["truthful"] > 0 for c in parts], "eval/response_length": [len(t.split()) for t in texts]}
-        if ref_model is not None:
-            ref_model.to(device)  # from its CPU copy when the reference log-probs were precomputed
-            with autocast:
-                kl = sample_logps(model, batches, args.temperature) - sample_logps(ref_model, batches, args.temperature)
-            ev["eval/kl"] = kl.tolist()
-            ref_model.to(device if args.reference_on_the_fly else "cpu")
-        out |= models.global_means(ev)  # a process with no share (fewer samples than processes) adds nothing
-        out["samples"] = list(zip(prompts[:8], texts[:8]))
-    model.train()
-    return out
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
     models.check_args(
@@ -323,10 +288,11 @@ if __name__ == "__main__":
                ("label_smoothing", 0 <= args.label_smoothing < 0.5, "in [0, 0.5)"),
                ("label_smoothing", args.label_smoothing == 0 or args.loss_type == "sigmoid", "0 with this --loss-type"),
                ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
-               ("max_prompt_length", None in (args.max_length, args.max_prompt_length) or args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
+               models.prompt_length_rule(args)],
     )
     rank, world, device, dtype = models.setup_distributed(args.cuda)
     models.seed_everything(args.seed, args.torch_deterministic)
+    say = print if rank == 0 else models.quiet
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
     # Data (read and checked before any model loads): preference pairs; the eval pairs are on prompts never trained on
@@ -340,21 +306,19 @@ if __name__ == "__main__":
     else:
         train_rows, eval_rows = data.load_rows(args.dataset, "pairwise", args.dataset_config, args.dataset_train_split,
                                                args.dataset_test_split, verbose=rank == 0)
-        eval_prompts = sorted({r["prompt"] for r in eval_rows if isinstance(r["prompt"], str) and task.correct_answer(r["prompt"]) is not None})
+        eval_prompts = sorted({r["prompt"] for r in eval_rows if task.is_task_prompt(r["prompt"])})
         eval_prompts = eval_prompts[: args.num_eval_prompts]  # samples are graded on the task's prompts only
         ceiling = None
-    if not eval_rows:
-        raise SystemExit(f"--dataset {args.dataset} has no eval pairs (none of its prompts fell in the 5% held out): "
-                         "give it more prompts or a --dataset-test-split")
+    data.check_eval_rows(eval_rows, args.dataset, "pairs")
 
     # Policy and reference: the same weights at the start; dropout off so log-prob ratios are not noisy
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
     model = models.disable_dropout(models.load_causal_lm(args.model, torch.float32, args.trust_remote_code))
-    models.fit_defaults(args, model, tokenizer, (3e-4, 1e-6), {"max_length": (96, 1024), "max_prompt_length": (32, 512)},
-                        print if rank == 0 else models.quiet)
+    lengths = {"max_length": (96, 1024), "max_prompt_length": (32, 512)}  # (small model, pretrained model)
+    models.fit_defaults(args, model, tokenizer, (3e-4, 1e-6), lengths, say)
     if args.gradient_checkpointing:
         models.checkpoint_activations(model)
-    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters on, the model's own weights frozen
+    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters on, its own weights frozen
     ref_model = models.reference_of(model, dtype)  # a frozen copy, or with adapters the same network with them off
     ddp_model = DDP(model) if world > 1 else model
     torch.manual_seed(args.seed + rank)  # each rank samples differently at evaluation
@@ -363,10 +327,9 @@ if __name__ == "__main__":
     encoded = {}
     for split, rows in (("train", train_rows), ("eval", eval_rows)):
         counts = Counter()
-        encoded[split] = tuple([data.encode(tokenizer, r["prompt"], r[k], args.max_length, args.max_prompt_length, counts) for r in rows]
-                               for k in ("chosen", "rejected"))
-        if rank == 0:
-            data.report(counts, f"{split} pairs (chosen and rejected)")
+        encoded[split] = [[data.encode(tokenizer, r["prompt"], r[k], args.max_length, args.max_prompt_length, counts)
+                           for r in rows] for k in ("chosen", "rejected")]
+        data.report(counts, f"{split} pairs (chosen and rejected)", say)
     (train_c, train_r), (eval_c, eval_r) = encoded["train"], encoded["eval"]
     eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts for sampling",
                                        rank == 0)
@@ -376,11 +339,11 @@ if __name__ == "__main__":
     train_ref = eval_ref = None
     if not args.reference_on_the_fly:
         t0 = time.time()
-        train_ref = precompute_reference(ref_model, train_c, train_r, args.per_device_batch_size, pad_id, device, autocast, rank, world)
-        eval_ref = precompute_reference(ref_model, eval_c, eval_r, args.per_device_batch_size, pad_id, device, autocast, rank, world)
-        if rank == 0:
-            print(f"reference log-probs of {len(train_c)} train and {len(eval_c)} eval pairs precomputed in "
-                  f"{time.time() - t0:.1f}s")
+        batching = (args.per_device_batch_size, pad_id, device, autocast, rank, world)
+        train_ref = precompute_reference(ref_model, train_c, train_r, *batching)
+        eval_ref = precompute_reference(ref_model, eval_c, eval_r, *batching)
+        say(f"reference log-probs of {len(train_c)} train and {len(eval_c)} eval pairs precomputed in "
+            f"{time.time() - t0:.1f}s")
         ref_model = ref_model.to("cpu") if args.eval_kl and eval_prompts else None
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -390,13 +353,43 @@ if __name__ == "__main__":
     optimizer = torch.optim.AdamW(models.trainable(model), lr=args.learning_rate, weight_decay=0.0,
                                   fused=models.fused_adam(device))
     scheduler = models.warmup_cosine(optimizer, warmup, num_steps)
-    eval_args = (eval_ref, eval_c, eval_r, eval_prompts, eval_queries, args, pad_id, tokenizer, device, autocast, rank, world)
+
+    @torch.no_grad()
+    def evaluate():
+        """Held-out pair metrics (eval/...), and on task prompts: samples, their gold reward and their KL to the
+        reference, the mean over samples of log pi(y|x) - log pi_ref(y|x) (the axes of the DPO paper's frontier)."""
+        model.eval()
+        idx = list(range(rank, len(eval_c), world))
+        sums, n = Counter(), 0
+        for b in range(0, len(idx), args.per_device_batch_size):
+            part = idx[b : b + args.per_device_batch_size]
+            with autocast:
+                _, m = pair_batch(model, ref_model, eval_ref, eval_c, eval_r, part, args, pad_id, device)
+            sums.update({k: v * len(part) for k, v in m.items()})
+            n += len(part)
+        out = models.reduce_mean({f"eval/{k}": sums[k] / max(n, 1) for k in METRICS}, weight=n)
+        if eval_prompts:
+            prompts = (eval_prompts * args.eval_samples_per_prompt)[rank::world]
+            queries = (eval_queries * args.eval_samples_per_prompt)[rank::world]
+            texts, batches = sample(model, tokenizer, queries, args.max_new_tokens, args.temperature)
+            ev = task.grades(prompts, texts, prefix="eval/") | {"eval/response_length": [len(t.split()) for t in texts]}
+            if ref_model is not None:
+                ref_model.to(device)  # from its CPU copy when the reference log-probs were precomputed
+                with autocast:
+                    policy_logps = sample_logps(model, batches, args.temperature)
+                    kl = policy_logps - sample_logps(ref_model, batches, args.temperature)
+                ev["eval/kl"] = kl.tolist()
+                ref_model.to(device if args.reference_on_the_fly else "cpu")
+            out |= models.global_means(ev)  # a process with no share (fewer samples than processes) adds nothing
+            out["samples"] = list(zip(prompts[:8], texts[:8]))
+        model.train()
+        return out
 
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
-    before = ev = evaluate(model, ref_model, *eval_args)
+    before = ev = evaluate()
     models.log_scalars(writer, before, 0)  # step 0: the curves start at the reference policy
-    if rank == 0:
-        print(f"before training: eval loss {before['eval/loss']:.3f}" + (f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""))
+    gold = f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""
+    say(f"before training: eval loss {before['eval/loss']:.3f}" + gold)
     rng = random.Random(args.seed)
     step, start, pairs_seen = 0, time.time(), 0
     bar = tqdm(total=num_steps, desc="dpo", disable=rank != 0)
@@ -428,7 +421,7 @@ if __name__ == "__main__":
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/pairs_per_second", pairs_seen / (time.time() - start), step)
             if step % args.eval_every == 0 or step == num_steps:
-                ev = evaluate(model, ref_model, *eval_args)
+                ev = evaluate()
                 models.log_scalars(writer, ev, step)
                 bar.set_postfix(margin=f"{logged['rewards/margins']:.2f}", acc=f"{ev['eval/rewards/accuracies']:.2f}",
                                 **({"gold": f"{ev['eval/gold']:.2f}"} if "eval/gold" in ev else {}))
@@ -444,12 +437,14 @@ if __name__ == "__main__":
         acc0, acc1 = before["eval/rewards/accuracies"], after["eval/rewards/accuracies"]
         summary = f"dpo ({args.loss_type}, beta {args.beta}): eval accuracy {acc0:.2f} -> {acc1:.2f}"
         summary += f" (labeler ceiling {ceiling:.2f})" if ceiling is not None else ""
-        summary += f", margin {after['eval/rewards/margins']:.2f}, logps chosen {before['eval/logps/chosen']:.1f} -> {after['eval/logps/chosen']:.1f}"
+        summary += f", margin {after['eval/rewards/margins']:.2f}"
+        summary += f", logps chosen {before['eval/logps/chosen']:.1f} -> {after['eval/logps/chosen']:.1f}"
         summary += f", rejected {before['eval/logps/rejected']:.1f} -> {after['eval/logps/rejected']:.1f}"
         if "eval/gold" in after:
             summary += f", eval gold {before['eval/gold']:.3f} -> {after['eval/gold']:.3f} (best {task.BEST_GOLD})"
             summary += f" at KL {after['eval/kl']:.2f} nats" if "eval/kl" in after else ""
             summary += f", correct {before['eval/correct']:.0%} -> {after['eval/correct']:.0%}"
         elapsed = time.time() - start
-        print(summary + f", {elapsed:.0f}s training ({pairs_seen / elapsed:.3g} pairs/s) on {world} process(es), saved to {out_dir}")
+        print(summary + f", {elapsed:.0f}s training ({pairs_seen / elapsed:.3g} pairs/s) on {world} process(es), "
+                        f"saved to {out_dir}")
     models.finish(writer)

@@ -1,14 +1,17 @@
-"""PPO for language models with a per-token KL penalty and GAE: the RL step of RLHF (InstructGPT, step 3).
+r"""PPO for language models with a per-token KL penalty and GAE: the RL step of RLHF (InstructGPT, step 3).
 
 Ziegler et al. 2019 (KL-shaped reward, adaptive KL), Stiennon et al. 2020 (value function from the reward model),
 Ouyang et al. 2022 (InstructGPT, PPO-ptx), Schulman et al. 2017 (PPO) and 2015 (GAE), and the "N implementation
 details of RLHF with PPO" (Huang et al.): each detail is a commented line below.
     python ppo_rlhf.py                                   # bundled base policy, the embedded task's gold reward
     python ppo_rlhf.py --reward-model runs/rm_bt__1__.../model   # a reward model from rm_bt.py or rm_kwise.py
-    python ppo_rlhf.py --model gpt2 --reward-model lvwerra/distilbert-imdb --reward-label POSITIVE --dataset imdb_prompts.jsonl
-    python ppo_rlhf.py --model <SFT model> --reward-model my_rewards.py:reward --dataset trl-lib/tldr   # a Python function
-    torchrun --nproc_per_node 4 ppo_rlhf.py --model gpt2 ...       # data parallel: each process rolls out 1/4 of the prompts
-    python ppo_rlhf.py --model <7B SFT model> --reward-model <RM> --use-peft --gradient-checkpointing   # one GPU (README)
+    python ppo_rlhf.py --model gpt2 --reward-model lvwerra/distilbert-imdb --reward-label POSITIVE \
+        --dataset imdb_prompts.jsonl
+    python ppo_rlhf.py --model <SFT model> --reward-model my_rewards.py:reward --dataset trl-lib/tldr  # Python function
+    torchrun --nproc_per_node 4 ppo_rlhf.py --model gpt2 ...  # data parallel: each process rolls out 1/4 of the prompts
+    # one GPU (README):
+    python ppo_rlhf.py --model <7B SFT model> --reward-model <RM> --use-peft --gradient-checkpointing
+
 With --use-peft the policy and the value network train LoRA adapters (the value network's head too) and the reference
 is the policy with its adapters off: no second copy. Frozen weights are bf16 on GPUs that support it.
 """
@@ -49,15 +52,18 @@ class Args:
     """the W&B team or user (with --track); None: your default entity"""
 
     model: str = models.BUNDLED_MODEL
-    """the policy to start from (an SFT model): a hub name or local path; a frozen copy (or with --use-peft the policy with its adapters off) is the KL reference"""
+    """the policy to start from (an SFT model): a hub name or local path; a frozen copy (or with --use-peft the policy
+    with its adapters off) is the KL reference"""
     reward_model: str = "gold"
-    """'gold' (the embedded task's gold reward), a sequence classifier (rm_bt.py / rm_kwise.py output, a hub reward model or sentiment classifier, decoder or encoder), or file.py:fn (see common/scoring.py)"""
+    """'gold' (the embedded task's gold reward), a sequence classifier (rm_bt.py / rm_kwise.py output, a hub reward
+    model or sentiment classifier, decoder or encoder), or file.py:fn (see common/scoring.py)"""
     reward_label: Optional[str] = None
-    """the output of a classifier with several labels to maximize: a name from its config's id2label (POSITIVE) or an index"""
+    """the output to maximize of a classifier with several labels: a name from config.id2label (POSITIVE) or an index"""
     value_head_on_policy: bool = False
-    """a scalar value head on the policy's last hidden state (lm-human-preferences) instead of a separate value network"""
+    """a scalar value head on the policy's last hidden state (lm-human-preferences), not a separate value network"""
     dataset: str = "embedded"
-    """prompts: 'embedded' (the task's train prompts; its eval prompts for evaluation), a .jsonl/.json file, a local dataset folder or a hub dataset: the prompts of its rows, whatever their kind (common/data.py)"""
+    """prompts: 'embedded' (the task's train prompts; its eval prompts for evaluation), a .jsonl/.json file, a local
+    dataset folder or a hub dataset: the prompts of its rows, whatever their kind (common/data.py)"""
     dataset_config: Optional[str] = None
     """the dataset's configuration (subset), where it has several"""
     dataset_train_split: str = "train"
@@ -78,13 +84,15 @@ class Args:
     num_ppo_epochs: int = 4
     """passes over each rollout"""
     learning_rate: Optional[float] = None
-    """Adam learning rate of the policy and the value function, decayed linearly to 0; if not given: 3e-4 for a small model like the bundled one, 3e-6 for a pretrained one (TRL)"""
+    """Adam learning rate of the policy and the value function, decayed linearly to 0; if not given: 3e-4 for a small
+    model like the bundled one, 3e-6 for a pretrained one (TRL)"""
     max_grad_norm: float = 1.0
     """gradient norm clipping"""
     response_length: int = 64
     """longest response in tokens; a response that has not stopped by then is cut (and gets the missing-EOS penalty)"""
     max_prompt_length: Optional[int] = None
-    """longest prompt in tokens, its end kept (counted); if not given: 64 for a small model, 512 for a pretrained one, within its context"""
+    """longest prompt in tokens, its end kept (counted); if not given: 64 for a small model, 512 for a pretrained one,
+    within its context"""
     temperature: float = 1.0
     """sampling temperature; log-probs of policy, reference and old policy all come from logits / temperature"""
     stop_token: str = ""
@@ -119,16 +127,18 @@ class Args:
     """PPO-ptx (InstructGPT): coefficient of the log-likelihood of a minibatch of demonstrations added to the objective
     (0 = off); InstructGPT mixed in pretraining text, this uses the SFT demonstrations (--ptx-dataset)"""
     ptx_dataset: str = "embedded"
-    """demonstrations for PPO-ptx: 'embedded' (task.make_sft on the train prompts) or a {"prompt", "completion"} file / hub dataset"""
+    """demonstrations for PPO-ptx: 'embedded' (task.make_sft on the train prompts)
+    or a {"prompt", "completion"} file / hub dataset"""
     log_samples_every: int = 20
     """updates between tables of prompts, responses and scores in TensorBoard (and evaluations on the eval prompts)"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass of the policy and the value network: less memory, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
-    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (common/models.py)"""
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora
+    (common/models.py)"""
 
 
-# ---------------------------------------------------------------- the math (pure functions, tested in tests/test_ppo_rlhf.py)
+# ---------------------------------------------------------------- the math (pure functions, tests/test_ppo_rlhf.py)
 
 def per_token_kl(logprobs, ref_logprobs, estimator="k1", clamp=False):
     """(B, T) KL(pi || ref) estimate per sampled token, with log r = ref_logprobs - logprobs (Schulman's note):
@@ -184,7 +194,8 @@ def compute_gae(rewards, values, mask, gamma=1.0, lam=0.95):
     return advantages, advantages + values
 
 
-def ppo_losses(logprobs, old_logprobs, advantages, vpred, old_values, returns, mask, cliprange=0.2, cliprange_value=0.2):
+def ppo_losses(logprobs, old_logprobs, advantages, vpred, old_values, returns, mask,
+               cliprange=0.2, cliprange_value=0.2):
     """(policy_loss, value_loss, stats) of PPO (Schulman et al. 2017), means over valid tokens:
     policy: max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)) with ratio = exp(logp - logp_old);
     value: 0.5 * max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)."""
@@ -216,11 +227,10 @@ def explained_variance(values, returns, mask):
 
 def demonstration_nll(policy, demos, pad_id):
     """PPO-ptx (InstructGPT): mean -log pi(completion token) over demonstrations [(ids, completion_mask)]."""
-    device = next(policy.parameters()).device
-    ids = data.pad([d[0] for d in demos], pad_id).to(device)
-    logits = policy(input_ids=ids, attention_mask=data.pad([[1] * len(d[0]) for d in demos], 0).to(device)).logits[:, :-1]
+    ids, attention_mask, completion_mask = data.collate(demos, pad_id, next(policy.parameters()).device)
+    logits = policy(input_ids=ids, attention_mask=attention_mask).logits[:, :-1]
     logp = F.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    return -masked_mean(logp, data.pad([d[1] for d in demos], 0).to(device)[:, 1:].float())
+    return -masked_mean(logp, completion_mask[:, 1:].float())
 
 
 # ---------------------------------------------------------------- rollouts
@@ -238,7 +248,8 @@ def forward_logprobs(model, seq, mask, context_length, temperature, hidden=False
     """(logprobs, entropy, last_hidden) of the response tokens seq[:, context_length:], each (B, T): the same code
     for policy, reference and old policy, logits / temperature (else KL and ratios are wrong), position ids
     from the attention mask (queries are left-padded)."""
-    out = model(input_ids=seq, attention_mask=mask, position_ids=models.position_ids_from_mask(mask), output_hidden_states=hidden)
+    position_ids = models.position_ids_from_mask(mask)
+    out = model(input_ids=seq, attention_mask=mask, position_ids=position_ids, output_hidden_states=hidden)
     logits = out.logits[:, context_length - 1 : -1].float() / temperature  # the logits at t - 1 predict token t
     logp_all = F.log_softmax(logits, dim=-1)
     logprobs = logp_all.gather(-1, seq[:, context_length:, None]).squeeze(-1)
@@ -254,7 +265,7 @@ def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temper
     query = data.pad(queries, tokenizer.pad_token_id, side="left").to(device)  # left-padded for generation
     query_mask = data.pad([[1] * len(q) for q in queries], 0, side="left").to(device)
     training = policy.training
-    policy.eval()  # generate() with the KV cache: gradient checkpointing turns it off in training mode (no dropout here)
+    policy.eval()  # generate() with the KV cache: gradient checkpointing turns it off in training mode (no dropout)
     start = time.time()
     seq = models.generate(policy, input_ids=query, attention_mask=query_mask, generation_config=gen_config)
     generation_seconds = time.time() - start
@@ -275,7 +286,7 @@ def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temper
 
 def golds_of(prompts, texts):
     """The gold rewards of the responses to the task's prompts (other prompts have none)."""
-    return [task.gold_reward(p, t) for p, t in zip(prompts, texts) if isinstance(p, str) and task.correct_answer(p) is not None]
+    return [task.gold_reward(p, t) for p, t in zip(prompts, texts) if task.is_task_prompt(p)]
 
 
 if __name__ == "__main__":
@@ -304,9 +315,10 @@ if __name__ == "__main__":
         rows = data.load_rows(args.dataset, "prompt", args.dataset_config, args.dataset_train_split,
                               args.dataset_test_split, verbose=rank == 0)
         train_prompts, eval_prompts = ([r["prompt"] for r in split] for split in rows)
-    task_prompts = all(isinstance(p, str) and task.correct_answer(p) is not None for p in train_prompts + eval_prompts)
+    task_prompts = all(task.is_task_prompt(p) for p in train_prompts + eval_prompts)
     if args.reward_model == "gold" and not task_prompts:
-        raise SystemExit("--reward-model gold scores the embedded task's prompts only: pass a reward model for other prompts")
+        raise SystemExit("--reward-model gold scores the embedded task's prompts only: "
+                         "pass a reward model for other prompts")
     if not eval_prompts:
         say("no held-out prompts in the dataset's split: evaluating on the first 64 train prompts")
     eval_prompts = (eval_prompts or train_prompts[:64])[: args.num_eval_prompts]
@@ -324,17 +336,20 @@ if __name__ == "__main__":
     models.fit_defaults(args, policy, tokenizer, (3e-4, 3e-6), {"max_prompt_length": (64, 512)}, say)
     if args.gradient_checkpointing:
         models.checkpoint_activations(policy)
-    policy = models.add_lora(policy, args.lora, dtype).to(device)  # --use-peft: adapters on, the policy's weights frozen
-    ref_policy = models.reference_of(policy, dtype)  # the starting policy: a frozen copy, or the policy with adapters off
+    policy = models.add_lora(policy, args.lora, dtype).to(device)  # --use-peft: adapters on, its own weights frozen
+    # the starting policy: a frozen copy, or the policy with adapters off
+    ref_policy = models.reference_of(policy, dtype)
     reward = scoring.load(args.reward_model, tokenizer, args.reward_label, device, args.trust_remote_code, dtype)
     say("scoring with " + scoring.describe(reward))
     if args.value_head_on_policy:  # lm-human-preferences: a scalar head on the policy's trunk, zero-initialized
         value_model, value_head = None, torch.nn.Linear(policy.config.get_text_config().hidden_size, 1).to(device)
-        torch.nn.init.zeros_(value_head.weight), torch.nn.init.zeros_(value_head.bias)
-    else:  # a separate network (Stiennon): from the reward model when it reads the policy's tokens, else from the policy
+        torch.nn.init.zeros_(value_head.weight)
+        torch.nn.init.zeros_(value_head.bias)
+    else:  # a separate network (Stiennon): from the reward model if it reads the policy's tokens, else from the policy
         from_rm = reward["kind"] == "decoder" and reward["same_vocab"] and reward["model"].config.num_labels == 1
         value_init = args.reward_model if from_rm else args.model
-        value_model = models.disable_dropout(models.load_reward_model(value_init, torch.float32, args.trust_remote_code))
+        value_model = models.load_reward_model(value_init, torch.float32, args.trust_remote_code)
+        value_model = models.disable_dropout(value_model)
         if args.gradient_checkpointing:
             models.checkpoint_activations(value_model)
         value_model, value_head = models.add_lora(value_model, args.lora, dtype).to(device), None  # adapters and head
@@ -364,25 +379,25 @@ if __name__ == "__main__":
         raise SystemExit(f"--dataset {args.dataset}: no train prompts (all of them went to the eval split)")
 
     def evaluate(episodes):
-        """Samples on the held-out prompts, a share per process (perhaps none): means of score, gold, sequence KL (k1)."""
+        """Samples on held-out prompts, a share per process (perhaps none): means of score, gold, sequence KL (k1)."""
         prompts, queries = eval_prompts[rank::world], eval_queries[rank::world]
         scores, kls, texts, B = [], [], [], args.rollout_batch_size
         for i in range(0, len(queries), B):
             with autocast:
                 r = rollout(policy, ref_policy, tokenizer, queries[i : i + B], gen_config, stop_ids, args.temperature)
-                scores += scoring.score(reward, prompts[i : i + B], r["texts"], r["with_eos"], r["seq"], r["mask"]).tolist()
+                batch_scores = scoring.score(reward, prompts[i : i + B], r["texts"], r["with_eos"], r["seq"], r["mask"])
+                scores += batch_scores.tolist()
             kls += ((r["logprobs"] - r["ref_logprobs"]) * r["resp_mask"]).sum(1).tolist()
             texts += r["texts"]
-        out = models.global_means({"score": scores, "kl": kls, "gold": golds_of(prompts, texts)})  # NaN: no gold anywhere
-        for k, v in out.items():
-            if not math.isnan(v):
-                writer.add_scalar(f"eval/{k}", v, episodes)
+        out = models.global_means({"score": scores, "kl": kls, "gold": golds_of(prompts, texts)})  # NaN if no gold
+        models.log_scalars(writer, {k: v for k, v in out.items() if not math.isnan(v)}, episodes, prefix="eval/")
         gold = None if math.isnan(out["gold"]) else out["gold"]
         return out | {"gold": gold, "samples": list(zip(prompts[:8], texts[:8], scores[:8]))}
 
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate(0)  # step 0: the curves start at the base policy
-    say(f"before training: eval score {before['score']:.3f}" + (f", gold {before['gold']:.3f}" if before["gold"] is not None else ""))
+    gold = f", gold {before['gold']:.3f}" if before["gold"] is not None else ""
+    say(f"before training: eval score {before['score']:.3f}" + gold)
     rng = random.Random(args.seed)
     order, beta, episodes, start = [], args.kl_coef, 0, time.time()
     rm_counts = Counter()  # responses whose prompt was cut to fit the reward model's context
@@ -391,20 +406,22 @@ if __name__ == "__main__":
         lr = args.learning_rate * (1.0 - (update - 1) / num_updates)  # linear LR decay
         for group in optimizer.param_groups:
             group["lr"] = lr
-        while len(order) < args.rollout_batch_size:  # passes over the train prompts, each reshuffled, as many as it takes
+        while len(order) < args.rollout_batch_size:  # reshuffled passes over the train prompts, as many as it takes
             order += rng.sample(range(len(train_prompts)), len(train_prompts))
-        idx, order = order[: args.rollout_batch_size][rank::world], order[args.rollout_batch_size :]  # this process's share
+        # this process's share of the next rollout batch
+        idx, order = order[: args.rollout_batch_size][rank::world], order[args.rollout_batch_size :]
         prompts = [train_prompts[i] for i in idx]
 
         # 1. Rollout: sample, then log-probs of policy and reference, values, scores
         tic = time.time()
         with torch.no_grad(), autocast:
-            r = rollout(policy, ref_policy, tokenizer, [train_queries[i] for i in idx], gen_config, stop_ids, args.temperature)
+            queries = [train_queries[i] for i in idx]
+            r = rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, args.temperature)
             seq, mask, L, resp_mask = r["seq"], r["mask"], r["context_length"], r["resp_mask"]
             values = values_of(seq, mask, L) * resp_mask
             scores = scoring.score(reward, prompts, r["texts"], r["with_eos"], seq, mask, rm_counts).to(device)
         golds = golds_of(prompts, r["texts"])
-        scores = scores - args.missing_eos_penalty * (~r["stopped"]).float()  # a response that never stopped is penalized
+        scores = scores - args.missing_eos_penalty * (~r["stopped"]).float()  # responses that never stopped
         clock["generation"] += r["generation_seconds"]
         clock["scoring"] += time.time() - tic - r["generation_seconds"]
         sampled_tokens += r["sampled_tokens"]
@@ -423,13 +440,15 @@ if __name__ == "__main__":
         for epoch in range(args.num_ppo_epochs):
             for mb in torch.randperm(local_batch)[: minibatch_size * args.num_mini_batches].split(minibatch_size):
                 with autocast:
-                    logprobs, entropy, hidden = forward_logprobs(policy, seq[mb], mask[mb], L, args.temperature, hidden=value_model is None)
+                    logprobs, entropy, hidden = forward_logprobs(policy, seq[mb], mask[mb], L, args.temperature,
+                                                                 hidden=value_model is None)
                     vpred = values_of(seq[mb], mask[mb], L, hidden)
-                    pg_loss, vf_loss, s = ppo_losses(logprobs, r["logprobs"][mb], advantages[mb], vpred, values[mb], returns[mb],
-                                                     resp_mask[mb], args.cliprange, args.cliprange_value)
+                    pg_loss, vf_loss, s = ppo_losses(logprobs, r["logprobs"][mb], advantages[mb], vpred, values[mb],
+                                                     returns[mb], resp_mask[mb], args.cliprange, args.cliprange_value)
                     loss = pg_loss + args.vf_coef * vf_loss
                     if args.ptx_coef > 0:  # PPO-ptx: objective + gamma * log pi(demonstration)
-                        ptx_nll = demonstration_nll(policy, rng.sample(ptx_data, minibatch_size), tokenizer.pad_token_id)
+                        demos = rng.sample(ptx_data, minibatch_size)
+                        ptx_nll = demonstration_nll(policy, demos, tokenizer.pad_token_id)
                         loss = loss + args.ptx_coef * ptx_nll
                         s["ptx"] = ptx_nll.item()
                 optimizer.zero_grad()
@@ -437,7 +456,8 @@ if __name__ == "__main__":
                 models.average_gradients(params)  # data parallel by hand, before clipping (no DDP wrapper: see there)
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
-                s |= {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "entropy": masked_mean(entropy, resp_mask[mb]).item()}
+                s |= {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(),
+                      "entropy": masked_mean(entropy, resp_mask[mb]).item()}
                 for k, v in s.items():
                     stats[k].append(v)
 
@@ -447,21 +467,27 @@ if __name__ == "__main__":
         episodes += args.rollout_batch_size
         avg = {k: sum(v) / len(v) for k, v in stats.items()}
         scalars = {
-            "objective/scores": scores.mean().item(), "objective/kl": kl.sum(1).mean().item(), "objective/kl_coef": beta,
+            "objective/scores": scores.mean().item(), "objective/kl": kl.sum(1).mean().item(),
+            "objective/kl_coef": beta,
             "objective/entropy": (-r["logprobs"] * resp_mask).sum(1).mean().item(),  # sampled sequence entropy
-            "objective/non_score_reward": non_score.sum(1).mean().item(), "objective/rlhf_reward": (scores + non_score.sum(1)).mean().item(),
-            "policy/approxkl_avg": avg["approxkl"], "policy/clipfrac_avg": avg["clipfrac"], "policy/entropy_avg": avg["entropy"],
+            "objective/non_score_reward": non_score.sum(1).mean().item(),
+            "objective/rlhf_reward": (scores + non_score.sum(1)).mean().item(),
+            "policy/approxkl_avg": avg["approxkl"], "policy/clipfrac_avg": avg["clipfrac"],
+            "policy/entropy_avg": avg["entropy"],
             "loss/policy_avg": avg["pg_loss"], "loss/value_avg": avg["vf_loss"], "val/clipfrac_avg": avg["vf_clipfrac"],
             "val/ratio": avg["ratio"], "val/explained_variance": explained_variance(values, returns, resp_mask),
             "val/num_eos_tokens": r["stopped"].sum().item() * world,  # a count: x world, since averaged below
             "val/response_length": resp_mask.sum(1).mean().item(),
             "charts/learning_rate": lr, "charts/SPS": episodes / (time.time() - start),
             "charts/generated_tokens_per_second": sampled_tokens / clock["generation"],
-        } | ({"objective/gold": sum(golds) / len(golds)} if golds else {}) | ({"loss/ptx_avg": avg["ptx"]} if "ptx" in avg else {})
-        scalars = models.reduce_mean(scalars)  # averaged over processes (equal shares), so beta below moves the same everywhere
+        }
+        scalars |= {"objective/gold": sum(golds) / len(golds)} if golds else {}
+        scalars |= {"loss/ptx_avg": avg["ptx"]} if "ptx" in avg else {}
+        scalars = models.reduce_mean(scalars)  # averaged over processes (equal shares): beta moves alike everywhere
         models.log_scalars(writer, scalars, episodes)
         if args.target_kl is not None:
-            beta = adaptive_kl_update(beta, scalars["objective/kl"], args.target_kl, args.rollout_batch_size, args.kl_horizon)
+            beta = adaptive_kl_update(beta, scalars["objective/kl"], args.target_kl, args.rollout_batch_size,
+                                      args.kl_horizon)
         if update % args.log_samples_every == 0 or update == num_updates:
             tic = time.time()
             after = evaluate(episodes)
@@ -475,12 +501,17 @@ if __name__ == "__main__":
         for p, t, s in after["samples"][:4]:
             print(f"  {p} -> {t}  (score {s:.2f})")
         out_dir = models.save(policy, tokenizer, args.output_dir, run_name, args.lora.merge_lora)
-        summary = "ppo_rlhf:" + (f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD})," if after["gold"] is not None else "")
-        summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f}," if reward["kind"] != "gold" else ""
+        summary = "ppo_rlhf:"
+        if after["gold"] is not None:
+            summary += f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD}),"
+        if reward["kind"] != "gold":
+            summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f},"
         if rm_counts['truncated for the reward model']:
-            print(f"{rm_counts['truncated for the reward model']} rollout sequences were cut at their start to fit the reward model")
-        print(f"time: generation {clock['generation']:.1f}s ({sampled_tokens / clock['generation']:.0f} tokens/s), scoring "
-              f"(log-probs, values, reward) {clock['scoring']:.1f}s, update {clock['update']:.1f}s, "
+            print(f"{rm_counts['truncated for the reward model']} rollout sequences were cut at their start "
+                  "to fit the reward model")
+        print(f"time: generation {clock['generation']:.1f}s ({sampled_tokens / clock['generation']:.0f} tokens/s), "
+              f"scoring (log-probs, values, reward) {clock['scoring']:.1f}s, update {clock['update']:.1f}s, "
               f"evaluation {clock['evaluation']:.1f}s")
-        print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
+        print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in "
+                        f"{time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
     models.finish(writer)

@@ -1,4 +1,4 @@
-"""Bradley-Terry reward model: a scalar reward trained on pairwise preferences (InstructGPT step 2; Stiennon et al. 2020).
+"""Bradley-Terry reward model: a scalar reward trained on preference pairs (InstructGPT step 2; Stiennon et al. 2020).
 
 The SFT model with its unembedding replaced by a scalar head scores prompt + response at the last real token;
 the loss makes the chosen response score above the rejected one:
@@ -11,7 +11,8 @@ mean 0 (std 1), stored in the saved config as reward_mean / reward_std: normaliz
     python rm_bt.py --length-bias 0.3                                # a labeler that likes long answers
     python rm_bt.py --length-bias 0.3 --counterexample-frac 0.3      # ... and the fix: curated counterexamples
     python rm_bt.py --model gpt2 --dataset pairs.jsonl               # {"prompt", "chosen", "rejected"[, "margin"]}
-    python rm_bt.py --model Qwen/Qwen2-0.5B-Instruct --dataset trl-lib/ultrafeedback_binarized   # a hub dataset as published
+    # a hub dataset as published:
+    python rm_bt.py --model Qwen/Qwen2-0.5B-Instruct --dataset trl-lib/ultrafeedback_binarized
     torchrun --nproc_per_node 4 rm_bt.py --model gpt2 ...            # data parallel (DDP)
 """
 
@@ -53,9 +54,11 @@ class Args:
     """the W&B team or user (with --track); None: your default entity"""
 
     model: str = models.BUNDLED_MODEL
-    """the model to start from (the SFT model, as in InstructGPT): a hub name or local path; it gets a fresh scalar head"""
+    """the model to start from (the SFT model, as in InstructGPT): a hub name or local path;
+    it gets a fresh scalar head"""
     dataset: str = "embedded"
-    """'embedded' (pairs labeled by the task's simulated labeler), a .jsonl/.json file, a local dataset folder or a hub dataset of pairs (common/data.py lists the layouts read)"""
+    """'embedded' (pairs labeled by the task's simulated labeler), a .jsonl/.json file, a local dataset folder or a hub
+    dataset of pairs (common/data.py lists the layouts read)"""
     dataset_config: Optional[str] = None
     """the dataset's configuration (subset), where it has several"""
     dataset_train_split: str = "train"
@@ -63,7 +66,8 @@ class Args:
     dataset_test_split: Optional[str] = None
     """the split to evaluate on; if not given: test, else validation, else 5% of the prompts held out"""
     pairs_per_prompt: int = 16
-    """embedded task only: training pairs per train prompt (1566 prompts); fresh pairs help more than extra epochs (8: 0.75 accuracy, 32: 0.83)"""
+    """embedded task only: training pairs per train prompt (1566 prompts); fresh pairs help more than extra epochs
+    (8: 0.75 accuracy, 32: 0.83)"""
     num_train_prompts: Optional[int] = None
     """embedded task only: use the first N train prompts (None: all 1566; fewer for quick runs)"""
     eval_pairs_per_prompt: int = 8
@@ -75,9 +79,11 @@ class Args:
     length_bias: float = 0.0
     """embedded task only: the labeler perceives gold + length_bias * words (0.3: long answers win most comparisons)"""
     counterexample_frac: float = 0.0
-    """embedded task only: fraction of training pairs that are curated counterexamples (short but excellent over long but bad)"""
+    """embedded task only: fraction of training pairs that are curated counterexamples
+    (short but excellent over long but bad)"""
     margin: bool = False
-    """use the Llama 2 margin: -log sigmoid(r_w - r_l - m); the embedded labeler gives its rating level (0, 1/3, 2/3, 1), a dataset its "margin" field (0 where absent)"""
+    """use the Llama 2 margin: -log sigmoid(r_w - r_l - m);
+    the embedded labeler gives its rating level (0, 1/3, 2/3, 1), a dataset its "margin" field (0 where absent)"""
     center_coef: float = 0.0
     """weight of the centering term c * mean((r_w + r_l)^2) (Eisenstein et al. 2023; TRL suggests 0.01)"""
     output_dir: str = ""
@@ -91,27 +97,33 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
-    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (common/models.py)"""
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora
+    (common/models.py)"""
     learning_rate: Optional[float] = None
-    """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled one, 1e-5 for a pretrained one (Stiennon et al. 1.5e-5, InstructGPT 9e-6)"""
+    """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled
+    one, 1e-5 for a pretrained one (Stiennon et al. 1.5e-5, InstructGPT 9e-6)"""
     warmup_ratio: float = 0.05
     """fraction of steps with linear warmup"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
     max_length: Optional[int] = None
-    """longest prompt + response in tokens, longer ones truncated (counted); if not given: 96 for a small model, 1024 for a pretrained one (TRL), within its context"""
+    """longest prompt + response in tokens, longer ones truncated (counted); if not given: 96 for a small model, 1024
+    for a pretrained one (TRL), within its context"""
     max_prompt_length: Optional[int] = None
     """longest prompt in tokens, its end kept; if not given: 32 for a small model, 512 for a pretrained one"""
     eval_every: int = 50
     """optimizer steps between evaluations on the held-out pairs"""
     reference: str = "auto"
-    """responses the reward is normalized on: 'auto' (the embedded task's SFT demonstrations, else the chosen and rejected responses of the train pairs) or a {"prompt", "completion"} file"""
+    """responses the reward is normalized on: 'auto' (the embedded task's SFT demonstrations, else the chosen and
+    rejected responses of the train pairs) or a {"prompt", "completion"} file"""
     reference_size: int = 1024
     """how many reference responses to score for the normalization"""
     normalize_std: bool = False
-    """also set a gain so that reference rewards have std 1 (lm-human-preferences); otherwise only a bias (Stiennon et al.)"""
+    """also set a gain so that reference rewards have std 1 (lm-human-preferences);
+    otherwise only a bias (Stiennon et al.)"""
     group_by_length: bool = True
-    """batch pairs of similar length together (less padding, about 2x faster on CPU); batches still come in random order"""
+    """batch pairs of similar length together (less padding, about 2x faster on CPU);
+    batches still come in random order"""
 
 
 def bradley_terry_loss(r_chosen, r_rejected, margin=None, center_coef=0.0):
@@ -130,7 +142,8 @@ def bradley_terry_loss(r_chosen, r_rejected, margin=None, center_coef=0.0):
 def reward_normalization(rewards, gain=False):
     """(reward_mean, reward_std) that make (rewards - reward_mean) / reward_std mean 0, and std 1 when gain is set
     (else reward_std = 1: a bias only). The loss is shift-invariant, so the offset is arbitrary until fixed here
-    on reference responses (Stiennon et al., InstructGPT); the gain keeps the KL coefficient's meaning (lm-human-preferences)."""
+    on reference responses (Stiennon et al., InstructGPT); the gain keeps the KL coefficient's meaning
+    (lm-human-preferences)."""
     rewards = rewards.double()
     return rewards.mean().item(), rewards.std(correction=0).item() if gain else 1.0
 
@@ -142,24 +155,12 @@ def pearson(x, y):
     return (x @ y).item() / denominator if denominator > 0 else 0.0
 
 
-class LastTokenReward(torch.nn.Module):
-    """The reward model as one module whose forward gives (B,) rewards at the last real token, so that DDP, which
-    does its bookkeeping in forward(), can wrap it (under torchrun)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        return models.reward_at_last_token(self.model, input_ids, attention_mask)
-
-
 def score(model, seqs, pad_id, device):
     """(N,) raw rewards of token-id lists, read at the last real token (right padding, position from the mask).
-    model: a sequence-classification model, or LastTokenReward (possibly DDP-wrapped)."""
+    model: a sequence-classification model, or models.LastTokenReward (possibly DDP-wrapped)."""
     ids = data.pad(seqs, pad_id).to(device)
     attention_mask = data.pad([[1] * len(s) for s in seqs], 0).to(device)
-    if isinstance(model, (LastTokenReward, DDP)):
+    if isinstance(model, (models.LastTokenReward, DDP)):
         return model(ids, attention_mask)
     return models.reward_at_last_token(model, ids, attention_mask)
 
@@ -190,8 +191,9 @@ def encode_pairs(rows, tokenizer, args, use_margin):
     """Token ids of prompt + chosen and prompt + rejected (EOS appended), the margin, and the responses' lengths."""
     counts, pairs = Counter(), []
     for r in rows:
-        chosen = data.encode(tokenizer, r["prompt"], r["chosen"], args.max_length, args.max_prompt_length, counts)[0]
-        rejected = data.encode(tokenizer, r["prompt"], r["rejected"], args.max_length, args.max_prompt_length, counts)[0]
+        chosen = data.encode(tokenizer, r["prompt"], r["chosen"], args.max_length, args.max_prompt_length, counts)
+        rejected = data.encode(tokenizer, r["prompt"], r["rejected"], args.max_length, args.max_prompt_length, counts)
+        chosen, rejected = chosen[0], rejected[0]  # the ids: a reward model reads the whole sequence
         counts["pairs identical once truncated"] += chosen == rejected  # the part that differed was cut: no signal left
         pairs.append({"chosen": chosen, "rejected": rejected, "margin": r.get("margin", 0.0) if use_margin else 0.0,
                       "words": (n_words(r["chosen"]), n_words(r["rejected"]))})
@@ -251,7 +253,7 @@ if __name__ == "__main__":
         rules=[("flip_rate", 0 <= args.flip_rate <= 1, "in [0, 1]"),
                ("counterexample_frac", 0 <= args.counterexample_frac <= 1, "in [0, 1]"),
                ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
-               ("max_prompt_length", None in (args.max_length, args.max_prompt_length) or args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
+               models.prompt_length_rule(args)],
     )
     rank, world, device, dtype = models.setup_distributed(args.cuda)
     models.seed_everything(args.seed, args.torch_deterministic)
@@ -259,13 +261,15 @@ if __name__ == "__main__":
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
-    # Data (read and checked before any model loads): pairs (chosen, rejected); the eval pairs are on prompts never trained on
+    # Data (read and checked before any model loads): pairs (chosen, rejected);
+    # the eval pairs are on prompts never trained on
     embedded = args.dataset == "embedded"
     if embedded:
         labeler = task.Labeler(args.labeler_temperature, args.flip_rate, args.length_bias)
         train_prompts, eval_prompts = task.split_prompts()
         train_prompts = train_prompts[: args.num_train_prompts]
-        train_rows = task.make_pairs(train_prompts, labeler, args.pairs_per_prompt, args.seed, args.margin, args.counterexample_frac)
+        train_rows = task.make_pairs(train_prompts, labeler, args.pairs_per_prompt, args.seed, args.margin,
+                                     args.counterexample_frac)
         # the labeler's own comparisons only (no curated counterexamples): every ablation is measured on the same pairs
         eval_rows = task.make_pairs(eval_prompts, labeler, args.eval_pairs_per_prompt, args.seed + 1, args.margin)
     else:
@@ -274,29 +278,28 @@ if __name__ == "__main__":
         with_margin = sum("margin" in r for r in train_rows)
         if with_margin and not args.margin:
             say(f"{with_margin} of {len(train_rows)} train pairs have a margin; pass --margin to use it (Llama 2)")
-    if not eval_rows:
-        raise SystemExit(f"--dataset {args.dataset} has no eval pairs (none of its prompts fell in the 5% held out): "
-                         "give it more prompts or a --dataset-test-split")
+    data.check_eval_rows(eval_rows, args.dataset, "pairs")
 
     # Reference responses the reward is normalized on after training (read now, so a bad file stops the run early)
-    if args.reference != "auto":
-        ref_rows = [r for rows in data.load_rows(args.reference, "sft", verbose=rank == 0) for r in rows]
-    elif embedded:
-        ref_rows = task.make_sft(train_prompts, 1, seed=args.seed + 2)
+    if embedded:
+        auto_refs = task.make_sft(train_prompts, 1, seed=args.seed + 2)
     else:
-        ref_rows = [{"prompt": r["prompt"], "completion": r[k]} for r in train_rows for k in ("chosen", "rejected")]
-    ref_rows = random.Random(args.seed).sample(ref_rows, min(args.reference_size, len(ref_rows)))
+        auto_refs = [{"prompt": r["prompt"], "completion": r[k]} for r in train_rows for k in ("chosen", "rejected")]
+    ref_rows = data.reference_rows(args.reference, auto_refs, args.reference_size, args.seed, verbose=rank == 0)
 
     # The reward model starts from the SFT model with a fresh scalar head (InstructGPT); dropout off
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
-    model = models.disable_dropout(models.load_reward_model(args.model, torch.float32, args.trust_remote_code)).to(device)
+    model = models.load_reward_model(args.model, torch.float32, args.trust_remote_code)
+    model = models.disable_dropout(model).to(device)
     model.config.pad_token_id = tokenizer.pad_token_id
-    models.fit_defaults(args, model, tokenizer, (1e-3, 1e-5), {"max_length": (96, 1024), "max_prompt_length": (32, 512)}, say)
+    lengths = {"max_length": (96, 1024), "max_prompt_length": (32, 512)}  # (small model, pretrained model)
+    models.fit_defaults(args, model, tokenizer, (1e-3, 1e-5), lengths, say)
     lr = args.learning_rate
     if args.gradient_checkpointing:
         models.checkpoint_activations(model)
     model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters and head trained, rest frozen
-    ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
+    # DDP averages the gradients across ranks in backward()
+    ddp_model = DDP(models.LastTokenReward(model)) if world > 1 else model
     pad_id = tokenizer.pad_token_id
 
     train, counts = encode_pairs(train_rows, tokenizer, args, args.margin)
@@ -307,12 +310,14 @@ if __name__ == "__main__":
     # Ground truth where it is known: agreement with the gold preference (task prompts, plain-text responses),
     # and the labeler's ceiling, the accuracy a perfect reward model reaches on these noisy labels
     gold_sign, ceiling = None, None
-    if all(isinstance(r["prompt"], str) and task.correct_answer(r["prompt"]) is not None
-           and isinstance(r["chosen"], str) and isinstance(r["rejected"], str) for r in eval_rows):
-        gold_sign = torch.tensor([math.copysign(1, d) if d else 0.0 for d in
-                                  (task.gold_reward(r["prompt"], r["chosen"]) - task.gold_reward(r["prompt"], r["rejected"]) for r in eval_rows)])
-        say(f"gold preference: {int((gold_sign != 0).sum())} eval pairs, {int((gold_sign == 0).sum())} gold ties left out, "
-              f"the labels agree with it on {((gold_sign[gold_sign != 0] + 1) / 2).mean():.3f}")
+    if all(task.is_task_prompt(r["prompt"]) and isinstance(r["chosen"], str) and isinstance(r["rejected"], str)
+           for r in eval_rows):
+        gaps = [task.gold_reward(r["prompt"], r["chosen"]) - task.gold_reward(r["prompt"], r["rejected"])
+                for r in eval_rows]
+        gold_sign = torch.tensor([math.copysign(1, d) if d else 0.0 for d in gaps])
+        say(f"gold preference: {int((gold_sign != 0).sum())} eval pairs, "
+            f"{int((gold_sign == 0).sum())} gold ties left out, "
+            f"the labels agree with it on {((gold_sign[gold_sign != 0] + 1) / 2).mean():.3f}")
     if embedded:
         ceiling = sum(labeler.ceiling(r["prompt"], r["chosen"], r["rejected"]) for r in eval_rows) / len(eval_rows)
         say(f"labeler's ceiling on the {len(eval_rows)} eval pairs: {ceiling:.3f}")
@@ -341,7 +346,8 @@ if __name__ == "__main__":
     for epoch in range(args.num_epochs):
         # the same global batches on every rank (same seed); each rank takes its share of each
         if args.group_by_length:
-            batches = length_grouped_batches([max(len(p["chosen"]), len(p["rejected"])) for p in train], global_batch, rng, world)
+            pair_lengths = [max(len(p["chosen"]), len(p["rejected"])) for p in train]
+            batches = length_grouped_batches(pair_lengths, global_batch, rng, world)
         else:
             batches = models.global_batches(rng.sample(range(len(train)), len(train)), global_batch, world)
         for i, idx in enumerate(batches):
@@ -353,7 +359,8 @@ if __name__ == "__main__":
             for k, (part, weight) in enumerate(micro):
                 batch = [train[j] for j in part]
                 m = torch.tensor([p["margin"] for p in batch], device=device) if args.margin else None
-                sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()  # all-reduce once, after the last
+                # all-reduce once, after the last micro-batch
+                sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()
                 with sync, autocast:
                     rc, rr = score_pairs(ddp_model, batch, pad_id, device)  # (b,), (b,)
                     loss = bradley_terry_loss(rc, rr, m, args.center_coef)
@@ -368,9 +375,10 @@ if __name__ == "__main__":
             rc, rr = torch.cat(rcs), torch.cat(rrs)
             m = torch.tensor([train[j]["margin"] for j in mine], device=device) if args.margin else None
             logged = models.reduce_mean({  # means over the global batch
-                "loss/train": bradley_terry_loss(rc, rr, m, args.center_coef).item(), "rewards/chosen": rc.mean().item(),
-                "rewards/rejected": rr.mean().item(), "rewards/margins": (rc - rr).mean().item(),
-                "rewards/accuracies": (rc > rr).float().mean().item()}, weight=len(mine))
+                "loss/train": bradley_terry_loss(rc, rr, m, args.center_coef).item(),
+                "rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
+                "rewards/margins": (rc - rr).mean().item(), "rewards/accuracies": (rc > rr).float().mean().item(),
+            }, weight=len(mine))
             models.log_scalars(writer, logged, step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/epoch", epoch + (i + 1) / len(batches), step)
@@ -386,9 +394,9 @@ if __name__ == "__main__":
         raise SystemExit(0)
     # Normalization: a bias so that reference responses score mean 0 (Stiennon et al.; InstructGPT uses the
     # demonstrations), and with --normalize-std a gain for std 1 (lm-human-preferences). ppo_rlhf.py applies it.
-    counts = Counter()
-    ref_ids = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts)[0] for r in ref_rows]
-    data.report(counts, "reference responses")
+    ref_encoded = data.encode_demonstrations(tokenizer, ref_rows, args.max_length, args.max_prompt_length,
+                                             "reference responses")
+    ref_ids = [ids for ids, _ in ref_encoded]
     model.eval()
     with torch.no_grad(), autocast:
         ref = torch.cat([score(model, ref_ids[i : i + 256], pad_id, device) for i in range(0, len(ref_ids), 256)])
@@ -402,8 +410,10 @@ if __name__ == "__main__":
         summary += f" (labeler's ceiling {ceiling:.3f}, {100 * (ceiling - ev['accuracy']):.1f} points below)"
     if gold_sign is not None:
         summary += f", gold accuracy {ev['gold_accuracy']:.3f}"
-    summary += (f", eval loss {ev['loss']:.3f}, margin {ev['margin']:.2f}, reward-length corr {ev['reward_length_corr']:+.2f}, "
+    summary += (f", eval loss {ev['loss']:.3f}, margin {ev['margin']:.2f}, "
+                f"reward-length corr {ev['reward_length_corr']:+.2f}, "
                 f"reward_mean {model.config.reward_mean:.3f} reward_std {model.config.reward_std:.3f}, "
-                f"{len(train) * args.num_epochs / train_time:.3g} pairs/s, {train_time:.0f}s on {world} process(es), saved to {out_dir}")
+                f"{len(train) * args.num_epochs / train_time:.3g} pairs/s, {train_time:.0f}s on {world} process(es), "
+                f"saved to {out_dir}")
     print(summary)
     models.finish(writer)

@@ -11,7 +11,8 @@ prompt, not 2 x C(K,2)); their scores are laid out as a (prompts, Kmax) tensor w
     python rm_kwise.py --loss pairwise --shuffle-pairs            # the ablation
     python rm_kwise.py --model gpt2 --dataset rankings.jsonl      # {"prompt", "completions": [best first, ...]}
     python rm_kwise.py --model <SFT model> --dataset berkeley-nest/Nectar   # Starling's 7-wise rankings, as published
-    torchrun --nproc_per_node 4 rm_kwise.py --model gpt2 ...      # data parallel (DDP): each process takes 1/4 of every batch
+    # data parallel (DDP): each process takes 1/4 of every batch
+    torchrun --nproc_per_node 4 rm_kwise.py --model gpt2 ...
 
 The saved model loads with AutoModelForSequenceClassification; config.reward_mean / reward_std hold the
 normalization (normalized reward = (raw - reward_mean) / reward_std), as rm_bt.py saves it.
@@ -54,9 +55,11 @@ class Args:
     """the W&B team or user (with --track); None: your default entity"""
 
     model: str = models.BUNDLED_MODEL
-    """the model to start from (the SFT model, as in InstructGPT): a hub name or local path; it gets a fresh scalar head"""
+    """the model to start from (the SFT model, as in InstructGPT): a hub name or local path;
+    it gets a fresh scalar head"""
     dataset: str = "embedded"
-    """'embedded' (rankings by the task's simulated labeler), a .jsonl/.json file, a local dataset folder or a hub dataset of K-wise rows (ours, Nectar's, UltraFeedback's: common/data.py)"""
+    """'embedded' (rankings by the task's simulated labeler), a .jsonl/.json file, a local dataset folder or a hub
+    dataset of K-wise rows (ours, Nectar's, UltraFeedback's: common/data.py)"""
     dataset_config: Optional[str] = None
     """the dataset's configuration (subset), where it has several"""
     dataset_train_split: str = "train"
@@ -72,21 +75,26 @@ class Args:
     loss: Literal["pairwise", "plackett-luce", "best-of-k"] = "plackett-luce"
     """the K-wise loss (see the functions of the same names)"""
     shuffle_pairs: bool = False
-    """split every ranking into its C(K,2) pairs and shuffle them across the dataset as independent examples (needs --loss pairwise)"""
+    """split every ranking into its C(K,2) pairs and shuffle them across the dataset as independent examples
+    (needs --loss pairwise)"""
     output_dir: str = ""
     """where to save the reward model and tokenizer; '' saves to runs/<run_name>/model"""
     num_epochs: int = 4
     """passes over the rankings"""
     prompts_per_batch: int = 16
-    """prompts per optimizer step, all processes together (under torchrun each takes its share); all their completions are forwarded"""
+    """prompts per optimizer step, all processes together (under torchrun each takes its share);
+    all their completions are forwarded"""
     pairs_per_batch: int = 0
-    """--shuffle-pairs only: pairs per optimizer step, all processes together (0: as many as a per-prompt batch holds on average, so both take the same number of steps)"""
+    """--shuffle-pairs only: pairs per optimizer step, all processes together
+    (0: as many as a per-prompt batch holds on average, so both take the same number of steps)"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
-    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (common/models.py)"""
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora
+    (common/models.py)"""
     learning_rate: Optional[float] = None
-    """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled one, 1e-5 for a pretrained one"""
+    """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled
+    one, 1e-5 for a pretrained one"""
     warmup_ratio: float = 0.05
     """fraction of steps with linear warmup"""
     weight_decay: float = 0.0
@@ -94,17 +102,20 @@ class Args:
     forward_chunk: int = 32
     """sequences per forward pass: a step's completions are sorted by length into chunks of this size (less padding)"""
     max_length: Optional[int] = None
-    """longest prompt + completion in tokens, longer ones truncated (counted); if not given: 96 for a small model, 1024 for a pretrained one, within its context"""
+    """longest prompt + completion in tokens, longer ones truncated (counted); if not given: 96 for a small model, 1024
+    for a pretrained one, within its context"""
     max_prompt_length: Optional[int] = None
     """longest prompt in tokens, its end kept; if not given: 32 for a small model, 512 for a pretrained one"""
     eval_every: int = 50
     """optimizer steps between evaluations on the held-out rankings"""
     reference: str = "auto"
-    """responses the reward is normalized on: 'auto' (the embedded task's SFT demonstrations, else the train set's completions) or a {"prompt", "completion"} file"""
+    """responses the reward is normalized on: 'auto' (the embedded task's SFT demonstrations, else the train set's
+    completions) or a {"prompt", "completion"} file"""
     reference_size: int = 1024
     """how many reference responses to score for the normalization"""
     normalize_std: bool = False
-    """also set a gain so the reference rewards have std 1 (lm-human-preferences); otherwise only a bias (Stiennon et al.)"""
+    """also set a gain so the reference rewards have std 1 (lm-human-preferences);
+    otherwise only a bias (Stiennon et al.)"""
 
 
 def _pairs(mask):
@@ -172,24 +183,12 @@ def ranking_metrics(scores, mask):
             "kendall_tau": tau.mean().item()}
 
 
-class LastTokenReward(torch.nn.Module):
-    """The reward model as one module whose forward gives (B,) rewards at the last real token, so that DDP, which
-    does its bookkeeping in forward(), can wrap it (under torchrun)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        return models.reward_at_last_token(self.model, input_ids, attention_mask)
-
-
 def score_sequences(model, seqs, pad_id, device, chunk=32):
     """(N,) raw rewards of token-id lists, read at the last real token (models.reward_at_last_token; model may
-    also be a LastTokenReward, possibly DDP-wrapped). Each sequence is forwarded once; sorted by length into
+    also be a models.LastTokenReward, possibly DDP-wrapped). Each sequence is forwarded once; sorted by length into
     chunks, each padded only to its own longest (about 2x faster here than padding all to the longest; the
     rewards and gradients are the same)."""
-    forward = model if isinstance(model, (LastTokenReward, DDP)) else LastTokenReward(model)
+    forward = model if isinstance(model, (models.LastTokenReward, DDP)) else models.LastTokenReward(model)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     parts = []
     for b in range(0, len(seqs), chunk):
@@ -215,7 +214,8 @@ def encode_rankings(rows, tokenizer, args):
     completions' lengths in tokens."""
     counts, ids, lengths = Counter(), [], []
     for r in rows:
-        enc = [data.encode(tokenizer, r["prompt"], c, args.max_length, args.max_prompt_length, counts) for c in r["completions"]]
+        enc = [data.encode(tokenizer, r["prompt"], c, args.max_length, args.max_prompt_length, counts)
+               for c in r["completions"]]
         ids.append([e[0] for e in enc])
         lengths.append([sum(e[1]) for e in enc])
     return ids, lengths, counts
@@ -245,11 +245,12 @@ def padded(values, K):
 
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
-    rank, world, device, dtype = models.setup_distributed(args.cuda)  # first: the batches are shared among the processes
+    # first: the batches are shared among the processes
+    rank, world, device, dtype = models.setup_distributed(args.cuda)
     models.check_args(
         args,
-        positive=["num_epochs", "prompts_per_batch", "learning_rate", "forward_chunk", "max_length", "max_prompt_length",
-                  "eval_every", "reference_size"],
+        positive=["num_epochs", "prompts_per_batch", "learning_rate", "forward_chunk", "max_length",
+                  "max_prompt_length", "eval_every", "reference_size"],
         non_negative=["num_train_prompts", "pairs_per_batch", "weight_decay"],
         rules=[("k_min", args.k_min >= 2, "at least 2"),
                ("k_max", args.k_max >= args.k_min, f"at least --k-min ({args.k_min})"),
@@ -257,16 +258,18 @@ if __name__ == "__main__":
                ("pairs_per_batch", args.pairs_per_batch == 0 or args.pairs_per_batch >= world,
                 f"0 or at least one per process ({world})"),
                ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
-               ("max_prompt_length", None in (args.max_length, args.max_prompt_length) or args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
+               models.prompt_length_rule(args)],
     )
     if args.shuffle_pairs and args.loss != "pairwise":
-        raise SystemExit("--shuffle-pairs trains on single pairs, so it needs --loss pairwise (Bradley-Terry on each pair)")
+        raise SystemExit("--shuffle-pairs trains on single pairs, so it needs --loss pairwise "
+                         "(Bradley-Terry on each pair)")
     models.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else models.quiet
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
-    # Data (read and checked before any model loads): rankings best first; the eval rankings are on prompts never trained on
+    # Data (read and checked before any model loads): rankings best first;
+    # the eval rankings are on prompts never trained on
     embedded = args.dataset == "embedded"
     if embedded:
         labeler = task.Labeler()
@@ -277,27 +280,26 @@ if __name__ == "__main__":
     else:
         train_rows, eval_rows = data.load_rows(args.dataset, "kwise", args.dataset_config, args.dataset_train_split,
                                                args.dataset_test_split, verbose=rank == 0)
-    if not eval_rows:
-        raise SystemExit(f"--dataset {args.dataset} has no eval rankings (none of its prompts fell in the 5% held out): "
-                         "give it more prompts or a --dataset-test-split")
+    data.check_eval_rows(eval_rows, args.dataset, "rankings")
     # Reference responses the reward is normalized on after training (read now, so a bad file stops the run early)
-    if args.reference != "auto":
-        ref_rows = [r for rows in data.load_rows(args.reference, "sft", verbose=rank == 0) for r in rows]
-    elif embedded:
-        ref_rows = task.make_sft(train_prompts, 1, seed=args.seed + 2)
+    if embedded:
+        auto_refs = task.make_sft(train_prompts, 1, seed=args.seed + 2)
     else:
-        ref_rows = [{"prompt": r["prompt"], "completion": c} for r in train_rows for c in r["completions"]]
-    ref_rows = random.Random(args.seed).sample(ref_rows, min(args.reference_size, len(ref_rows)))
+        auto_refs = [{"prompt": r["prompt"], "completion": c} for r in train_rows for c in r["completions"]]
+    ref_rows = data.reference_rows(args.reference, auto_refs, args.reference_size, args.seed, verbose=rank == 0)
 
     # The reward model starts from the SFT model with a fresh scalar head (InstructGPT); dropout off
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
-    model = models.disable_dropout(models.load_reward_model(args.model, torch.float32, args.trust_remote_code)).to(device)
+    model = models.load_reward_model(args.model, torch.float32, args.trust_remote_code)
+    model = models.disable_dropout(model).to(device)
     model.config.pad_token_id = tokenizer.pad_token_id
-    models.fit_defaults(args, model, tokenizer, (1e-3, 1e-5), {"max_length": (96, 1024), "max_prompt_length": (32, 512)}, say)
+    lengths = {"max_length": (96, 1024), "max_prompt_length": (32, 512)}  # (small model, pretrained model)
+    models.fit_defaults(args, model, tokenizer, (1e-3, 1e-5), lengths, say)
     if args.gradient_checkpointing:
         models.checkpoint_activations(model)
     model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters and head trained, rest frozen
-    ddp_model = DDP(LastTokenReward(model)) if world > 1 else model  # DDP averages the gradients across ranks in backward()
+    # DDP averages the gradients across ranks in backward()
+    ddp_model = DDP(models.LastTokenReward(model)) if world > 1 else model
     loss_fn = LOSSES[args.loss]
 
     train_ids, _, counts = encode_rankings(train_rows, tokenizer, args)
@@ -307,14 +309,17 @@ if __name__ == "__main__":
     K = max(len(r["completions"]) for r in eval_rows)
     eval_lengths = padded(eval_lengths, K)
     # Gold agreement and the labeler's ceiling where the ground truth is known (task prompts / the embedded labeler)
-    has_gold = all(isinstance(r["prompt"], str) and task.correct_answer(r["prompt"]) is not None for r in eval_rows)
+    has_gold = all(task.is_task_prompt(r["prompt"]) for r in eval_rows)
     has_gold = has_gold and all(isinstance(c, str) for r in eval_rows for c in r["completions"])
-    gold = padded([[task.gold_reward(r["prompt"], c) for c in r["completions"]] for r in eval_rows], K) if has_gold else None
+    gold = None
+    if has_gold:
+        gold = padded([[task.gold_reward(r["prompt"], c) for c in r["completions"]] for r in eval_rows], K)
     # Every pair of a Plackett-Luce ranking has the Bradley-Terry marginal, so a perfect model's expected pairwise
     # accuracy is the mean of labeler.ceiling over all eval pairs
     ceiling = None
     if embedded:
-        ceil = [labeler.ceiling(r["prompt"], c[i], c[j]) for r in eval_rows for c in [r["completions"]] for i in range(len(c)) for j in range(i + 1, len(c))]
+        ceil = [labeler.ceiling(r["prompt"], c[i], c[j]) for r in eval_rows for c in [r["completions"]]
+                for i in range(len(c)) for j in range(i + 1, len(c))]
         ceiling = sum(ceil) / len(ceil)
         say(f"labeler's ceiling on held-out pairwise accuracy: {ceiling:.3f} ({len(ceil)} eval pairs)")
 
@@ -334,7 +339,8 @@ if __name__ == "__main__":
     rng = random.Random(args.seed)
     pad_id = tokenizer.pad_token_id
 
-    def log_eval(step):  # on rank 0 only (the plain model, no collective): the others go on and wait at the next all-reduce
+    def log_eval(step):
+        """On rank 0 only (the plain model, no collective): the others go on and wait at the next all-reduce."""
         with autocast:
             ev, _ = evaluate(model, eval_ids, pad_id, device, loss_fn, gold, eval_lengths, args.forward_chunk)
         models.log_scalars(writer, ev, step, prefix="eval/")
@@ -343,11 +349,12 @@ if __name__ == "__main__":
         return ev
 
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
-    before = log_eval(0) if rank == 0 else None
     if rank == 0:
+        before = log_eval(0)
         print(f"before training: eval loss {before['loss']:.3f}, pairwise accuracy {before['accuracy']:.3f}")
     step, sequences, start = 0, 0, time.time()
-    bar = tqdm(total=num_steps, desc=f"rm_kwise {args.loss}" + (" shuffled pairs" if args.shuffle_pairs else ""), disable=rank != 0)
+    desc = f"rm_kwise {args.loss}" + (" shuffled pairs" if args.shuffle_pairs else "")
+    bar = tqdm(total=num_steps, desc=desc, disable=rank != 0)
     for epoch in range(args.num_epochs):
         rng.shuffle(units)  # the same order on every rank (same seed)
         batches = models.global_batches(units, per_step, world)
@@ -373,7 +380,8 @@ if __name__ == "__main__":
             scores = scores.detach().float()
             # means over the global batch: of prompts, of ranked pairs, of completions
             logged = models.reduce_mean({"loss/train": loss.item()}, weight=len(mine))
-            logged |= models.reduce_mean({"rewards/accuracies": ranking_metrics(scores, mask)["accuracy"]}, weight=int(_pairs(mask).sum()))
+            accuracy = ranking_metrics(scores, mask)["accuracy"]
+            logged |= models.reduce_mean({"rewards/accuracies": accuracy}, weight=int(_pairs(mask).sum()))
             logged |= models.reduce_mean({"rewards/mean": scores[mask].mean().item()}, weight=int(mask.sum()))
             models.log_scalars(writer, logged, step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
@@ -390,9 +398,9 @@ if __name__ == "__main__":
         raise SystemExit(0)
     # Normalization: the loss is shift-invariant, so set a bias for mean 0 on reference responses (Stiennon et
     # al., InstructGPT), and with --normalize-std a gain for std 1 (lm-human-preferences)
-    counts = Counter()
-    ref_ids = [data.encode(tokenizer, r["prompt"], r["completion"], args.max_length, args.max_prompt_length, counts)[0] for r in ref_rows]
-    data.report(counts, "reference responses")
+    ref_encoded = data.encode_demonstrations(tokenizer, ref_rows, args.max_length, args.max_prompt_length,
+                                             "reference responses")
+    ref_ids = [ids for ids, _ in ref_encoded]
     model.eval()
     with torch.no_grad(), autocast:
         ref = score_sequences(model, ref_ids, pad_id, device, args.forward_chunk).float()
@@ -402,13 +410,16 @@ if __name__ == "__main__":
     writer.add_scalar("eval/reference_reward_std", ref.std(correction=0).item(), step)
 
     out_dir = models.save(model, tokenizer, args.output_dir, run_name, args.lora.merge_lora)
-    summary = f"rm_kwise ({args.loss}{', shuffled pairs' if args.shuffle_pairs else ''}): eval pairwise accuracy {before['accuracy']:.3f} -> {ev['accuracy']:.3f}"
+    summary = (f"rm_kwise ({args.loss}{', shuffled pairs' if args.shuffle_pairs else ''}): "
+               f"eval pairwise accuracy {before['accuracy']:.3f} -> {ev['accuracy']:.3f}")
     if ceiling is not None:
         summary += f" (labeler's ceiling {ceiling:.3f}, {100 * (ceiling - ev['accuracy']):.1f} points below)"
     summary += f", top-1 {ev['top1_accuracy']:.3f}, Kendall tau {ev['kendall_tau']:.3f}, eval loss {ev['loss']:.3f}"
     if gold is not None:
         summary += f", gold agreement {ev['gold_accuracy']:.3f}"
-    summary += (f", reward-length corr {ev['reward_length_corr']:+.2f}, reward_mean {model.config.reward_mean:.3f} reward_std "
-                f"{model.config.reward_std:.3f}, {sequences / train_time:.0f} completions/s, {train_time:.0f}s on {world} process(es), saved to {out_dir}")
+    summary += (f", reward-length corr {ev['reward_length_corr']:+.2f}, "
+                f"reward_mean {model.config.reward_mean:.3f} reward_std {model.config.reward_std:.3f}, "
+                f"{sequences / train_time:.0f} completions/s, {train_time:.0f}s on {world} process(es), "
+                f"saved to {out_dir}")
     print(summary)
     models.finish(writer)

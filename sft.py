@@ -44,9 +44,11 @@ class Args:
     """the W&B team or user (with --track); None: your default entity"""
 
     model: str = "scratch"
-    """'scratch' (a tiny GPT-2 with the embedded task's tokenizer: how the bundled model is made), or a hub name or local path"""
+    """'scratch' (a tiny GPT-2 with the embedded task's tokenizer: how the bundled model is made), or a hub name or
+    local path"""
     dataset: str = "embedded"
-    """'embedded' (demonstrations from the task's response generator), a .jsonl/.json file, a local dataset folder or a hub dataset of {"prompt", "completion"} or {"messages"} rows"""
+    """'embedded' (demonstrations from the task's response generator), a .jsonl/.json file, a local dataset folder
+    or a hub dataset of {"prompt", "completion"} or {"messages"} rows"""
     dataset_config: Optional[str] = None
     """the dataset's configuration (subset), where it has several"""
     dataset_train_split: str = "train"
@@ -66,15 +68,18 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
-    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (common/models.py)"""
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora
+    (common/models.py)"""
     learning_rate: Optional[float] = None
-    """peak learning rate; if not given: 2e-3 for a small model (from scratch, or the bundled one), 2e-5 for a pretrained one (TRL)"""
+    """peak learning rate; if not given: 2e-3 for a small model (from scratch, or the bundled one), 2e-5 for a
+    pretrained one (TRL)"""
     warmup_ratio: float = 0.05
     """fraction of steps with linear warmup, then cosine decay to 0"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
     max_length: Optional[int] = None
-    """longest prompt + completion in tokens, longer ones truncated (counted); if not given: 96 for a small model, 1024 for a pretrained one (TRL), within its context"""
+    """longest prompt + completion in tokens, longer ones truncated (counted); if not given: 96 for a small model,
+    1024 for a pretrained one (TRL), within its context"""
     max_prompt_length: Optional[int] = None
     """longest prompt in tokens, its end kept; if not given: 32 for a small model, 512 for a pretrained one"""
     eval_every: int = 200
@@ -96,8 +101,9 @@ def sft_loss(logits, input_ids, completion_mask):
 def tiny_gpt2(tokenizer):
     """The bundled model's architecture: a GPT-2 with 4 layers, 4 heads, width 128 (0.83M parameters)."""
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=128, n_embd=128, n_layer=4, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer), n_positions=128, n_embd=128, n_layer=4, n_head=4,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     return GPT2LMHeadModel(config)
 
@@ -108,28 +114,17 @@ def evaluate(model, tokenizer, batches, eval_prompts, eval_queries, args, autoca
     Each rank takes its share of the batches and prompts; the means are taken over all of them."""
     model.eval()
     with autocast:
-        losses = [sft_loss(model(input_ids=ids, attention_mask=am).logits, ids, cm).item() for ids, am, cm in batches[rank::world]]
+        losses = [sft_loss(model(input_ids=ids, attention_mask=am).logits, ids, cm).item()
+                  for ids, am, cm in batches[rank::world]]
     out = models.global_means({"eval/loss": losses})  # a process with no batch (fewer than processes) adds nothing
     if eval_prompts:
         prompts = eval_prompts[rank::world]
-        responses = models.sample_completions(model, tokenizer, eval_queries[rank::world], args.max_new_tokens, args.temperature)
-        parts = [task.gold_components(p, r) for p, r in zip(prompts, responses)]
-        out |= models.global_means({
-            "eval/gold": [sum(c.values()) for c in parts],
-            "eval/states_answer": [c["helpful"] > 0 for c in parts],
-            "eval/correct": [c["truthful"] > 0 for c in parts],
-        })
+        queries = eval_queries[rank::world]
+        responses = models.sample_completions(model, tokenizer, queries, args.max_new_tokens, args.temperature)
+        out |= models.global_means(task.grades(prompts, responses, prefix="eval/"))
         out["samples"] = list(zip(prompts[:8], responses[:8]))
     model.train()
     return out
-
-
-def collate(encoded, pad_id, device):
-    """(input_ids, attention_mask, completion_mask), right-padded."""
-    ids = data.pad([e[0] for e in encoded], pad_id).to(device)
-    am = data.pad([[1] * len(e[0]) for e in encoded], 0).to(device)
-    cm = data.pad([e[1] for e in encoded], 0).to(device)
-    return ids, am, cm
 
 
 if __name__ == "__main__":
@@ -140,7 +135,7 @@ if __name__ == "__main__":
                   "learning_rate", "max_length", "max_prompt_length", "eval_every", "max_new_tokens", "temperature"],
         non_negative=["weight_decay"],
         rules=[("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
-               ("max_prompt_length", None in (args.max_length, args.max_prompt_length) or args.max_prompt_length < args.max_length, f"below --max-length ({args.max_length})")],
+               models.prompt_length_rule(args)],
     )
     if args.model == "scratch" and args.lora.use_peft:
         models.stop("--use-peft adapts a pretrained model: pass --model (from scratch, every weight is trained)")
@@ -157,10 +152,8 @@ if __name__ == "__main__":
     else:
         train_rows, eval_rows = data.load_rows(args.dataset, "sft", args.dataset_config, args.dataset_train_split,
                                                args.dataset_test_split, verbose=rank == 0)
-        eval_prompts = [r["prompt"] for r in eval_rows if isinstance(r["prompt"], str) and task.correct_answer(r["prompt"]) is not None]
-    if not eval_rows:
-        models.stop(f"--dataset {args.dataset} has no eval demonstrations (none of its prompts fell in the 5% held out): "
-                    "give it more prompts or a --dataset-test-split")
+        eval_prompts = [r["prompt"] for r in eval_rows if task.is_task_prompt(r["prompt"])]
+    data.check_eval_rows(eval_rows, args.dataset, "demonstrations")
 
     # Model and tokenizer
     if args.model == "scratch":
@@ -169,12 +162,13 @@ if __name__ == "__main__":
     else:
         tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
         model = models.load_causal_lm(args.model, torch.float32, args.trust_remote_code)
-    models.fit_defaults(args, model, tokenizer, (2e-3, 2e-5), {"max_length": (96, 1024), "max_prompt_length": (32, 512)},
-                        print if rank == 0 else models.quiet)
+    lengths = {"max_length": (96, 1024), "max_prompt_length": (32, 512)}  # (small model, pretrained model)
+    models.fit_defaults(args, model, tokenizer, (2e-3, 2e-5), lengths, print if rank == 0 else models.quiet)
     lr = args.learning_rate
     if args.gradient_checkpointing:
         models.checkpoint_activations(model)
-    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters on, the model's own weights frozen
+    # --use-peft: adapters on, the model's own weights frozen
+    model = models.add_lora(model, args.lora, dtype).to(device)
     ddp_model = DDP(model) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     torch.manual_seed(args.seed + rank)  # after the (identical) init: each rank samples differently
 
@@ -182,13 +176,14 @@ if __name__ == "__main__":
                                        "train demonstrations", rank == 0)
     eval_encoded = data.encode_demonstrations(tokenizer, eval_rows, args.max_length, args.max_prompt_length,
                                               "eval demonstrations", rank == 0)
-    eval_batches = [collate(eval_encoded[i : i + args.per_device_batch_size], tokenizer.pad_token_id, device)
+    eval_batches = [data.collate(eval_encoded[i : i + args.per_device_batch_size], tokenizer.pad_token_id, device)
                     for i in range(0, len(eval_encoded), args.per_device_batch_size)]
     eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts for sampling",
                                        rank == 0)
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
     num_steps = args.num_epochs * len(models.global_batches(list(range(len(train))), global_batch, world))
-    targets = [sum(mask[1:]) for _, mask in train]  # tokens each demonstration adds to the loss (the first is never one)
+    # tokens each demonstration adds to the loss (the first is never one)
+    targets = [sum(mask[1:]) for _, mask in train]
     warmup = int(args.warmup_ratio * num_steps)
 
     optimizer = torch.optim.AdamW(models.trainable(model), lr=lr, weight_decay=args.weight_decay,
@@ -198,7 +193,8 @@ if __name__ == "__main__":
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate(model, tokenizer, eval_batches, eval_prompts, eval_queries, args, autocast, rank, world)
     if rank == 0:
-        print(f"before training: eval loss {before['eval/loss']:.3f}" + (f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""))
+        gold = f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""
+        print(f"before training: eval loss {before['eval/loss']:.3f}" + gold)
     rng = random.Random(args.seed)
     step, start, tokens = 0, time.time(), 0
     bar = tqdm(total=num_steps, desc="sft", disable=rank != 0)
@@ -212,7 +208,7 @@ if __name__ == "__main__":
             optimizer.zero_grad()
             loss_sum = 0.0
             for k, (idx, weight) in enumerate(micro):
-                ids, am, cm = collate([train[i] for i in idx], tokenizer.pad_token_id, device)
+                ids, am, cm = data.collate([train[i] for i in idx], tokenizer.pad_token_id, device)
                 # gradients are all-reduced only on the last micro-batch of the step
                 sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()
                 with sync, autocast:
@@ -225,7 +221,8 @@ if __name__ == "__main__":
             scheduler.step()
             step += 1
             bar.update(1)
-            loss_sum = models.reduce_mean({"loss": loss_sum})["loss"]  # the ranks' weighted sums averaged: the global mean
+            # the ranks' weighted sums averaged: the global mean
+            loss_sum = models.reduce_mean({"loss": loss_sum})["loss"]
             writer.add_scalar("train/loss", loss_sum, step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/tokens_per_second", tokens * world / (time.time() - start), step)

@@ -8,10 +8,10 @@ Every row becomes one of four kinds (TRL's formats):
 A text is a non-empty string, or a list of {"role", "content"} messages rendered with the tokenizer's chat template.
 The published layouts read into them (FORMATS below), so --dataset takes a hub name as it is:
     implicit prompt       {"chosen", "rejected"} that share the prompt: Anthropic/hh-rlhf (plain text, "\n\nHuman: ...
-                          \n\nAssistant: ..."), trl-lib/ultrafeedback_binarized (messages); the prompt is the shared part
-                          up to the last assistant turn
-    repeated prompt       {"prompt", "chosen", "rejected"} whose messages repeat the prompt (HuggingFaceH4/ultrafeedback_
-                          binarized): the prompt is not doubled
+                          \n\nAssistant: ..."), trl-lib/ultrafeedback_binarized (messages); the prompt is the shared
+                          part up to the last assistant turn
+    repeated prompt       {"prompt", "chosen", "rejected"} whose messages repeat the prompt
+                          (HuggingFaceH4/ultrafeedback_binarized): the prompt is not doubled
     conversations         {"messages"}: all but the last (assistant) message is the prompt
     K-wise                {"prompt", "completions"[, "ranking" | "scores"]} (ours), {"prompt", "answers": [{"answer",
                           "rank"}]} (berkeley-nest/Nectar, rank 1 best), {"instruction", "completions": [{"response",
@@ -23,6 +23,7 @@ what is truncated is counted and reported.
 import hashlib
 import json
 import os
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -102,7 +103,8 @@ def load_rows(dataset, kind, config=None, train_split="train", test_split=None, 
     one_file = list(splits) == ["train"] and Path(dataset).suffix in (".jsonl", ".json")
     train = validate(splits[train_split], kind, dataset if one_file else f"{dataset}[{train_split}]")
     if not train:
-        raise DataError(f"--dataset {dataset}: no rows in split {train_split}" + (" (the file is empty)" if one_file else ""))
+        empty = " (the file is empty)" if one_file else ""
+        raise DataError(f"--dataset {dataset}: no rows in split {train_split}" + empty)
     if test_split is None:
         test_split = next((s for s in ("test", "validation") if s in splits and s != train_split), None)
     if test_split is not None:
@@ -121,6 +123,22 @@ def split_by_prompt(rows, eval_frac=0.05):
         h = hashlib.sha1(json.dumps(row["prompt"], sort_keys=True).encode()).digest()
         return int.from_bytes(h[:4], "big") < eval_frac * 2**32
     return [r for r in rows if not is_eval(r)], [r for r in rows if is_eval(r)]
+
+
+def check_eval_rows(rows, dataset, what):
+    """Stop when a dataset leaves nothing to evaluate on: so few prompts that none of them was held out."""
+    if not rows:
+        raise DataError(f"--dataset {dataset} has no eval {what} (none of its prompts fell in the 5% held out): "
+                        "give it more prompts or a --dataset-test-split")
+
+
+def reference_rows(reference, auto_rows, size, seed, verbose=True):
+    """At most `size` {"prompt", "completion"} rows, a seeded random sample of auto_rows when reference is "auto",
+    else of every split of the file or dataset `reference` (the responses a reward model is normalized on)."""
+    rows = auto_rows
+    if reference != "auto":
+        rows = [r for split in load_rows(reference, "sft", verbose=verbose) for r in split]
+    return random.Random(seed).sample(rows, min(size, len(rows)))
 
 
 # ---------------------------------------------------------------- rows: published layouts into the four kinds
@@ -193,12 +211,14 @@ def _kwise(rec):
     if "ranking" in rec:
         r = rec["ranking"]
         if not (isinstance(r, list) and sorted(r) == list(range(len(c)))):
-            return None, None, f"field 'ranking': expected a permutation of 0..{len(c) - 1} (best first), got {json.dumps(r)[:40]}"
+            return None, None, (f"field 'ranking': expected a permutation of 0..{len(c) - 1} (best first), "
+                                f"got {json.dumps(r)[:40]}")
         return prompt, [c[i] for i in r], None
     if "scores" in rec:
         s = rec["scores"]
         if not (isinstance(s, list) and len(s) == len(c) and all(_is_number(x) for x in s)):
-            return None, None, f"field 'scores': expected {len(c)} numbers (one per completion), got {json.dumps(s)[:40]}"
+            return None, None, (f"field 'scores': expected {len(c)} numbers (one per completion), "
+                                f"got {json.dumps(s)[:40]}")
         return prompt, [c[i] for i in sorted(range(len(c)), key=lambda i: -s[i])], None
     return prompt, c, None
 
@@ -206,7 +226,8 @@ def _kwise(rec):
 def _has_ties(rec):
     """A K-wise row whose scores tie (UltraFeedback's overall_score often does): the order among them is arbitrary."""
     c = rec.get("completions") if isinstance(rec, dict) else None
-    scores = [x.get("overall_score") for x in c] if isinstance(c, list) and all(isinstance(x, dict) for x in c) else None
+    dicts = isinstance(c, list) and all(isinstance(x, dict) for x in c)
+    scores = [x.get("overall_score") for x in c] if dicts else None
     scores = rec.get("scores") if scores is None and isinstance(rec, dict) else scores
     return isinstance(scores, list) and len({json.dumps(x) for x in scores}) < len(scores)
 
@@ -229,10 +250,12 @@ def to_row(rec, kind):
         chosen, rejected = rec["chosen"], rec["rejected"]
         if "prompt" in rec:
             prompt, chosen, rejected = _drop_repeated_prompt(rec["prompt"], chosen, rejected)
-        elif isinstance(chosen, str) == isinstance(rejected, str) and not (_text_error(chosen) or _text_error(rejected)):
+        elif (isinstance(chosen, str) == isinstance(rejected, str)
+              and not (_text_error(chosen) or _text_error(rejected))):
             prompt, chosen, rejected = extract_prompt(chosen, rejected)
         else:
-            return None, f"field 'chosen'/'rejected': {_text_error(chosen) or _text_error(rejected) or 'one is text, one messages'}"
+            why = _text_error(chosen) or _text_error(rejected) or "one is text, one messages"
+            return None, f"field 'chosen'/'rejected': {why}"
         row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
         if "margin" in rec and kind == "pairwise":
             if not _is_number(rec["margin"]):
@@ -241,7 +264,8 @@ def to_row(rec, kind):
     elif "messages" in rec and (kind == "prompt" and "prompt" not in rec or kind == "sft" and "completion" not in rec):
         m = rec["messages"]
         if _text_error(m) or len(m) < 2 or m[-1]["role"] != "assistant":
-            return None, f"field 'messages': {_text_error(m) or 'expected a conversation that ends with the assistant reply'}"
+            why = _text_error(m) or "expected a conversation that ends with the assistant reply"
+            return None, f"field 'messages': {why}"
         row = {"prompt": m[:-1]} | ({"completion": m[-1:]} if kind == "sft" else {})
     elif kind == "sft":
         missing = [k for k in ("prompt", "completion") if k not in rec]
@@ -368,8 +392,9 @@ def report(counts, what, say=print, max_unknown=0.05):
     total = counts.get("examples") or counts.get("prompts") or 0
     unknown = counts.get("unknown tokens", 0)
     if unknown > max_unknown * max(counts.get("tokens", 0), 1):
-        raise DataError(f"{what}: {unknown} of {counts['tokens']} tokens are unknown to the model's tokenizer. The bundled "
-                        "model knows only the embedded task's words: pass --model with a pretrained model (e.g. gpt2)")
+        raise DataError(f"{what}: {unknown} of {counts['tokens']} tokens are unknown to the model's tokenizer. "
+                        "The bundled model knows only the embedded task's words: "
+                        "pass --model with a pretrained model (e.g. gpt2)")
     cut = {k: v for k, v in counts.items() if "truncated" in k or k == "unknown tokens"}
     say(f"{what}: {total} sequences" + "".join(f", {v} {k}" for k, v in cut.items() if v))
 
@@ -379,3 +404,11 @@ def pad(seqs, value, side="right"):
     T = max(len(s) for s in seqs)
     fill = [[value] * (T - len(s)) for s in seqs]
     return torch.tensor([s + f if side == "right" else f + s for s, f in zip(seqs, fill)])
+
+
+def collate(encoded, pad_id, device):
+    """(input_ids, attention_mask, completion_mask), each (B, T), right-padded, from [(ids, completion_mask)]."""
+    ids = pad([e[0] for e in encoded], pad_id).to(device)
+    am = pad([[1] * len(e[0]) for e in encoded], 0).to(device)
+    cm = pad([e[1] for e in encoded], 0).to(device)
+    return ids, am, cm

@@ -26,7 +26,8 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequence
 from common import data
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_MODEL = "common/bundled_model"  # the task's small base policy, made by `python sft.py --output-dir common/bundled_model`
+# the task's small base policy, made by `python sft.py --output-dir common/bundled_model`
+BUNDLED_MODEL = "common/bundled_model"
 
 
 def resolve(name):
@@ -245,6 +246,18 @@ def reward_at_last_token(model, input_ids, attention_mask, label=0):
     return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1).float()
 
 
+class LastTokenReward(torch.nn.Module):
+    """The reward model as one module whose forward gives (B,) rewards at the last real token, so that DDP, which
+    does its bookkeeping in forward(), can wrap it (rm_bt.py and rm_kwise.py under torchrun)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return reward_at_last_token(self.model, input_ids, attention_mask)
+
+
 def device_and_dtype(cuda=True):
     """CUDA when asked for and present (bf16 where the GPU supports it), else CPU in fp32."""
     if cuda and torch.cuda.is_available():
@@ -266,7 +279,8 @@ def setup_distributed(cuda=True):
 
 
 def sum_over_ranks(numbers):
-    """The element-wise sum of a list of floats over all ranks, in float64 (one all_reduce; the list without torchrun)."""
+    """The element-wise sum of a list of floats over all ranks, in float64
+    (one all_reduce; the list without torchrun)."""
     if not (dist.is_available() and dist.is_initialized()):
         return list(numbers)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -300,7 +314,8 @@ def global_batches(order, size, world=1):
         raise ValueError(f"{len(order)} training examples cannot give each of {world} processes one")
     batches = [order[b : b + size] for b in range(0, len(order), size)]
     if len(batches) > 1 and len(batches[-1]) < world:
-        last = batches.pop()  # popped first: `batches[-2] = batches[-2] + batches.pop()` would overwrite the wrong batch
+        # popped first: `batches[-2] = batches[-2] + batches.pop()` would overwrite the wrong batch
+        last = batches.pop()
         batches[-1] = batches[-1] + last
     return batches
 
@@ -390,6 +405,12 @@ def check_args(args, positive=(), non_negative=(), rules=()):
             errors.append("--track logs to Weights & Biases, which is not installed: pip install wandb")
     if errors:
         stop("\n".join(errors))
+
+
+def prompt_length_rule(args):
+    """The check_args rule that --max-prompt-length, where both lengths are given, leaves room for a completion."""
+    fits = None in (args.max_length, args.max_prompt_length) or args.max_prompt_length < args.max_length
+    return ("max_prompt_length", fits, f"below --max-length ({args.max_length})")
 
 
 def make_run(exp_name, seed, args, rank=0):
@@ -485,7 +506,8 @@ class LoraArgs:
     """The LoRA flags, the same in every script, with TRL's names (--use-peft, --lora-r, ...)."""
 
     use_peft: bool = False
-    """train LoRA adapters (and a reward or value model's scalar head) on frozen weights instead of all weights; the reference of dpo.py and ppo_rlhf.py is then the same network with its adapters off, not a copy"""
+    """train LoRA adapters (and a reward or value model's scalar head) on frozen weights instead of all weights; the
+    reference of dpo.py and ppo_rlhf.py is then the same network with its adapters off, not a copy"""
     lora_r: int = 16
     """rank of the adapters"""
     lora_alpha: int = 32
@@ -495,7 +517,8 @@ class LoraArgs:
     lora_target_modules: Optional[list[str]] = None
     """names of the modules that get adapters (q_proj v_proj ...); default: every linear layer but the output layer"""
     merge_lora: bool = False
-    """save the weights with the adapters merged in (they load with transformers alone, and as the next script's --model or --reward-model) and the adapters in <output-dir>/adapter"""
+    """save the weights with the adapters merged in (they load with transformers alone, and as the next script's
+    --model or --reward-model) and the adapters in <output-dir>/adapter"""
 
     def __post_init__(self):  # bad combinations end here, before any data or model loads
         if self.merge_lora and not self.use_peft:

@@ -8,8 +8,9 @@
                             the response ended with EOS; with the policy's vocabulary it reads the sampled tokens, with
                             another it reads the decoded text re-encoded with its own tokenizer (AlpacaFarm)
     an encoder classifier   (DeBERTa, RoBERTa, DistilBERT): its own pooled output, on its own tokenization: a reward
-                            model with one output reads (prompt, response) as a text pair (OpenAssistant's reward models),
-                            a classifier with several labels reads prompt + response as one text (TRL's gpt2-sentiment)
+                            model with one output reads (prompt, response) as a text pair (OpenAssistant's reward
+                            models), a classifier with several labels reads prompt + response as one text (TRL's
+                            gpt2-sentiment)
 --reward-label picks the output of a classifier with several labels: a name of config.id2label or an index.
 Our reward models store a normalization in their config: normalized = (raw - reward_mean) / reward_std.
 """
@@ -90,12 +91,15 @@ def load(spec, policy_tokenizer, label=None, device="cpu", trust_remote_code=Fal
 
 def describe(reward):
     """One line on how responses are scored."""
-    if reward["kind"] in ("gold", "function"):
-        return {"gold": "the embedded task's gold reward", "function": f"the function {reward.get('name')}"}[reward["kind"]]
+    if reward["kind"] == "gold":
+        return "the embedded task's gold reward"
+    if reward["kind"] == "function":
+        return f"the function {reward.get('name')}"
     cfg = reward["model"].config
-    how = {"encoder": "an encoder classifier on its own tokenization",
-           "decoder": "read at the last token, " + ("on the policy's tokenizer" if reward["same_vocab"] else "another tokenizer: re-encoded")}
-    return (f"{reward['name']}: {how[reward['kind']]}, output {reward['label']} ({cfg.id2label.get(reward['label'], '')}), "
+    tokens = "on the policy's tokenizer" if reward["same_vocab"] else "another tokenizer: re-encoded"
+    how = {"encoder": "an encoder classifier on its own tokenization", "decoder": "read at the last token, " + tokens}
+    return (f"{reward['name']}: {how[reward['kind']]}, "
+            f"output {reward['label']} ({cfg.id2label.get(reward['label'], '')}), "
             f"reward_mean {getattr(cfg, 'reward_mean', 0.0)}, reward_std {getattr(cfg, 'reward_std', 1.0)}")
 
 
@@ -109,12 +113,14 @@ def _reencode(reward, prompts, texts, with_eos, counts):
         first, second = (prompt_texts, texts) if pair else ([f"{p} {t}" for p, t in zip(prompt_texts, texts)], None)
         full = tok(first, second).input_ids
         counts["truncated for the reward model"] += sum(len(ids) > n for ids in full)
-        enc = tok(first, second, truncation="only_first" if pair else True, max_length=n, padding=True, return_tensors="pt")
+        enc = tok(first, second, truncation="only_first" if pair else True, max_length=n, padding=True,
+                  return_tensors="pt")
         return enc.input_ids, enc.attention_mask
     seqs = []
     for p, t, eos in zip(prompts, texts, with_eos):
         p_text, t_text = data.render(tok, p, t)
-        ids = tok(p_text, add_special_tokens=isinstance(p, str)).input_ids + tok(t_text, add_special_tokens=False).input_ids
+        ids = tok(p_text, add_special_tokens=isinstance(p, str)).input_ids
+        ids = ids + tok(t_text, add_special_tokens=False).input_ids
         ids = ids + [tok.eos_token_id] if eos else ids  # EOS only where the response ended with one
         counts["truncated for the reward model"] += len(ids) > n
         seqs.append(ids[-n:])
@@ -132,8 +138,8 @@ def score(reward, prompts, texts, with_eos, seq=None, mask=None, counts=None):
         values = reward["fn"](list(prompts), list(texts))
         values = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
         if len(values) != len(texts) or not all(math.isfinite(v) for v in values):
-            raise SystemExit(f"--reward-model {reward['name']} returned {len(values)} values for {len(texts)} completions "
-                             "(expected one finite number each)")
+            raise SystemExit(f"--reward-model {reward['name']} returned {len(values)} values "
+                             f"for {len(texts)} completions (expected one finite number each)")
         return torch.tensor(values, dtype=torch.float32)
     model, label = reward["model"], reward["label"]
     device = next(model.parameters()).device

@@ -66,6 +66,11 @@ def correct_answer(prompt):
     return max(a, b) if m.group(1) == "larger" else min(a, b)
 
 
+def is_task_prompt(prompt):
+    """Whether a prompt (text or messages) is one of the task's, so that a response to it has a gold reward."""
+    return isinstance(prompt, str) and correct_answer(prompt) is not None
+
+
 def _words(text):
     return re.findall(r"[a-z]+", text.lower())
 
@@ -87,6 +92,16 @@ def gold_components(prompt, response):
 def gold_reward(prompt, response):
     """The gold reward: the sum of gold_components. The maximum, BEST_GOLD = 3.5, is reached by best_response."""
     return sum(gold_components(prompt, response).values())
+
+
+def grades(prompts, responses, prefix=""):
+    """The eval metrics of samples, lists of one value per response: prefix + "gold" its gold reward,
+    + "states_answer" whether it states a number (helpful > 0), + "correct" whether that is the answer
+    (truthful > 0)."""
+    parts = [gold_components(p, r) for p, r in zip(prompts, responses)]
+    return {prefix + "gold": [sum(c.values()) for c in parts],
+            prefix + "states_answer": [c["helpful"] > 0 for c in parts],
+            prefix + "correct": [c["truthful"] > 0 for c in parts]}
 
 
 def best_response(prompt):
@@ -126,9 +141,11 @@ def sample_response(rng, prompt, mix=DEFAULT_MIX, correct=None, tone=None, n_fil
 def counterexample_pair(rng, prompt):
     """A short but excellent response and a long, worse one (the lectures' fix for length bias). The long one's tone
     and correctness are random, so only length always tells them apart (always rude, it would teach "rude is bad")."""
-    short = sample_response(rng, prompt, correct=True, tone=rng.choice(["polite", "neutral"]), n_filler=0, off_topic=False)
+    short = sample_response(rng, prompt, correct=True, tone=rng.choice(["polite", "neutral"]), n_filler=0,
+                            off_topic=False)
     tone = rng.choice(["polite", "neutral", "rude"])
-    long = sample_response(rng, prompt, correct=rng.random() < 0.5, tone=tone, n_filler=rng.randint(3, 5), off_topic=False)
+    long = sample_response(rng, prompt, correct=rng.random() < 0.5, tone=tone, n_filler=rng.randint(3, 5),
+                           off_topic=False)
     return short, long
 
 
@@ -192,7 +209,8 @@ def make_pairs(prompts, labeler, n_per_prompt=2, seed=0, margin=False, counterex
             if rng.random() < counterexample_frac:  # curated: the label is set by construction, not by the labeler
                 short, long = counterexample_pair(rng, p)
                 gap = gold_reward(p, short) - gold_reward(p, long)
-                rows.append({"prompt": p, "chosen": short, "rejected": long, **({"margin": labeler.margin_level(gap)} if margin else {})})
+                rows.append({"prompt": p, "chosen": short, "rejected": long,
+                             **({"margin": labeler.margin_level(gap)} if margin else {})})
                 continue
             a, b = sample_response(rng, p, mix), sample_response(rng, p, mix)
             while b == a:
@@ -238,7 +256,8 @@ def build_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     pre = pre_tokenizers.Sequence(
-        [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"), pre_tokenizers.Split(Regex(r"[^\w▁]"), behavior="isolated")]
+        [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+         pre_tokenizers.Split(Regex(r"[^\w▁]"), behavior="isolated")]
     )
     texts = all_prompts() + ANSWER_TEMPLATES + POLITE + RUDE + FILLER + OFF_TOPIC + ["larger smaller"]
     texts += [f"{n} x {n}." for n in range(100)]

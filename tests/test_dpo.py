@@ -141,7 +141,7 @@ def base():
 
 def test_sequence_logps_sums_completion_tokens_only(base):
     model, tok, rows, chosen, _ = base
-    ids, am, cm = dpo.collate(chosen, tok.pad_token_id, "cpu")
+    ids, am, cm = data.collate(chosen, tok.pad_token_id, "cpu")
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=am).logits.double()
     logps, n = dpo.sequence_logps(logits, ids, cm)
@@ -193,7 +193,7 @@ def test_precomputed_and_on_the_fly_reference_agree(base):
     with torch.no_grad():  # and each precomputed value is the reference's log-prob of that one sequence alone
         for i in (0, 11):
             for j, enc in enumerate((chosen[i], rejected[i])):
-                ids, am, cm = dpo.collate([enc], tok.pad_token_id, "cpu")
+                ids, am, cm = data.collate([enc], tok.pad_token_id, "cpu")
                 assert precomputed[i, j].item() == pytest.approx(dpo.sequence_logps(ref(input_ids=ids).logits, ids, cm)[0].item(), abs=1e-4)
 
 
