@@ -16,6 +16,8 @@ tokenizer stand-in of tests/standins.py (byte-level BPE; <|endoftext|> is unk, B
 under runs/bench_trl/; its reward model (same shape, one output) is the PPO row's reward and value model. Without
 --shape the PPO row's reward model is trained first by rm_bt.py on --model.
 
+Both sides use fused Adam and, by default, gradient checkpointing (TRL's default for its reward and DPO trainers;
+TRL 1.12's PPOTrainer never turns it on, so the PPO row runs without it on both sides).
 Samples per second count training only. Ours: the rate the script logs to TensorBoard at its last step, before
 the final evaluation and save (for DPO with the reference precomputed, plus the time of that pass, as TRL's
 train() runs it inside). TRL's: trainer.train(), which runs no evaluation here. Peak memory is the maximum
@@ -24,6 +26,7 @@ kl_coef 0.05; episodes per second. Random weights never sample EOS, so at --shap
 --ppo-response-length tokens long on both sides.
 """
 
+import dataclasses
 import json
 import re
 import statistics
@@ -72,8 +75,9 @@ class Args:
     ppo_response_length: int = 64
     """tokens per PPO response at most"""
     gradient_checkpointing: bool = True
-    """recompute activations in the backward pass on both sides: TRL's trainers do by default (its configs say
-    gradient_checkpointing=True), our scripts with --gradient-checkpointing; --no-gradient-checkpointing: neither"""
+    """recompute activations in the backward pass on both sides: TRL's reward and DPO trainers do by default (their
+    configs say gradient_checkpointing=True), our scripts with --gradient-checkpointing; --no-gradient-checkpointing:
+    neither. Not in the PPO row: TRL 1.12's PPOTrainer never turns it on"""
     only: str = ""
     """run only the workloads whose name contains this (e.g. 'PPO', 'DPO')"""
 
@@ -152,7 +156,7 @@ if __name__ == "__main__":
     pairs = str(work / "pairs.jsonl")
     task.export_jsonl(rows, pairs)
     print(f"{len(rows)} pairs, batch {a.batch_size}, model {a.model}, {a.repeats} alternating runs each, gradient "
-          f"checkpointing {'on' if a.gradient_checkpointing else 'off'} on both sides; in {work}")
+          f"checkpointing {'on' if a.gradient_checkpointing else 'off'} on both sides (off in the PPO row); in {work}")
     a.num_pairs = len(rows)
     common = ["--dataset", pairs, "--num-epochs", "1", "--per-device-batch-size", str(a.batch_size),
               "--learning-rate", "1e-4", "--eval-every", "1000000", "--max-length", str(a.max_length)]
@@ -173,12 +177,16 @@ if __name__ == "__main__":
         train_prompts = task.split_prompts()[0]
         task.export_jsonl([{"prompt": p} for p in train_prompts], work / "prompts.jsonl")
         n, length = str(a.ppo_rollout), str(a.ppo_response_length)
+        # TRL 1.12's PPOTrainer never turns gradient checkpointing on (its policy reports False after train(),
+        # whatever its config says), so in this row neither side does
+        a_ppo = dataclasses.replace(a, gradient_checkpointing=False)
         ppo = ["--reward-model", rm, "--num-eval-prompts", "8", "--total-episodes", str(a.ppo_episodes),
                "--rollout-batch-size", n, "--response-length", length, "--kl-coef", "0.05", "--learning-rate", "3e-4",
                "--log-samples-every", "1000000"]
         trl_ppo = ["--reward-model", rm, "--total-episodes", str(a.ppo_episodes), "--response-length", length]
-        configs.append((f"PPO (reward model, {n}-prompt rollouts), episodes/s", partial(ours, "ppo_rlhf.py", ppo, a, work),
-                        partial(trl, "ppo", [*trl_ppo, "--batch-size", n], str(work / "prompts.jsonl"), a, work,
+        configs.append((f"PPO (reward model, {n}-prompt rollouts), episodes/s",
+                        partial(ours, "ppo_rlhf.py", ppo, a_ppo, work),
+                        partial(trl, "ppo", [*trl_ppo, "--batch-size", n], str(work / "prompts.jsonl"), a_ppo, work,
                                 a.trl_ppo_python)))
     header = "| workload | ours samples/s | TRL samples/s | ours / TRL | ours peak MB | TRL peak MB | ours / TRL |"
     lines = [header, "|---|---|---|---|---|---|---|"]
@@ -188,7 +196,8 @@ if __name__ == "__main__":
         for _ in range(a.repeats):  # alternating, so drift in the machine's speed hits both sides alike
             results["ours"].append(run_ours())
             results["trl"].append(run_trl())
-        (so, mo), (st, mt) = [tuple(statistics.median(x[i] for x in results[k]) for i in (0, 1)) for k in ("ours", "trl")]
+        (so, mo), (st, mt) = [tuple(statistics.median(x[i] for x in results[side]) for i in (0, 1))
+                              for side in ("ours", "trl")]
         lines.append(f"| {name} | {so:.3g} | {st:.3g} | {so / st:.2f} | {mo:.0f} | {mt:.0f} | {mo / mt:.2f} |")
         print(lines[-1], flush=True)
         ppo_outs += [x[2] for x in results["ours"]] if name.startswith("PPO") else []

@@ -34,7 +34,8 @@ tok = AutoTokenizer.from_pretrained(a.model)
 if tok.pad_token is None:
     tok.pad_token = tok.eos_token
 ds = load_dataset("json", data_files=a.data, split="train")
-# CPU, fp32 (the models load in fp32 whatever dtype they were saved in), no evaluation, no checkpoints, no logging: only the training steps are timed
+# CPU, fp32 (the models load in fp32 whatever dtype they were saved in), no evaluation, no checkpoints, no logging:
+# only the training steps are timed
 common = dict(output_dir="/tmp/trl_bench_out", per_device_train_batch_size=a.batch_size, learning_rate=a.learning_rate,
               num_train_epochs=1, logging_steps=10**9, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
               seed=a.seed, dataloader_num_workers=0, gradient_checkpointing=not a.no_gradient_checkpointing)
@@ -44,7 +45,8 @@ if a.algo == "reward":
 
     model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
-    trainer = RewardTrainer(model=model, args=RewardConfig(max_length=a.max_length, **common), train_dataset=ds, processing_class=tok)
+    trainer = RewardTrainer(model=model, args=RewardConfig(max_length=a.max_length, **common), train_dataset=ds,
+                            processing_class=tok)
 elif a.algo == "dpo":
     from trl import DPOConfig, DPOTrainer
 
@@ -61,9 +63,10 @@ else:  # rollouts of --batch-size prompts, 2 minibatches, 4 PPO epochs: ppo_rlhf
     # TRL 1.12: rollout = per_device_train_batch_size x gradient_accumulation_steps, split into num_mini_batches;
     # accumulation steps the optimizer once per that many minibatches, so 1 gives ours: one step per minibatch
     common |= {"per_device_train_batch_size": a.batch_size, "gradient_accumulation_steps": 1}
-    cfg = PPOConfig(total_episodes=a.total_episodes, response_length=a.response_length, num_mini_batches=2, num_ppo_epochs=4,
-                    local_rollout_forward_batch_size=a.batch_size, stop_token="eos", missing_eos_penalty=1.0, kl_coef=0.05,
-                    learning_rate=3e-4, num_sample_generations=0, **{k: v for k, v in common.items() if k != "learning_rate"})
+    common = {k: v for k, v in common.items() if k != "learning_rate"}
+    cfg = PPOConfig(total_episodes=a.total_episodes, response_length=a.response_length, num_mini_batches=2,
+                    num_ppo_epochs=4, local_rollout_forward_batch_size=a.batch_size, stop_token="eos",
+                    missing_eos_penalty=1.0, kl_coef=0.05, learning_rate=3e-4, num_sample_generations=0, **common)
     trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=ref, reward_model=rm, value_model=vm,
                          train_dataset=ds, eval_dataset=ds.select(range(8)))
     samples = a.total_episodes
