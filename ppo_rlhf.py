@@ -439,6 +439,7 @@ if __name__ == "__main__":
         stats = defaultdict(list)
         for epoch in range(args.num_ppo_epochs):
             for mb in torch.randperm(local_batch)[: minibatch_size * args.num_mini_batches].split(minibatch_size):
+                optimizer.zero_grad()  # before the forward: the last step's gradients are freed before activations grow
                 with autocast:
                     logprobs, entropy, hidden = forward_logprobs(policy, seq[mb], mask[mb], L, args.temperature,
                                                                  hidden=value_model is None)
@@ -451,7 +452,6 @@ if __name__ == "__main__":
                         ptx_nll = demonstration_nll(policy, demos, tokenizer.pad_token_id)
                         loss = loss + args.ptx_coef * ptx_nll
                         s["ptx"] = ptx_nll.item()
-                optimizer.zero_grad()
                 loss.backward()
                 models.average_gradients(params)  # data parallel by hand, before clipping (no DDP wrapper: see there)
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
