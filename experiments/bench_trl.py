@@ -95,7 +95,8 @@ def ours(script, flags, a, work):
     """(samples per second of our training, peak MB, stdout) of one run of a script, in a fresh directory."""
     cwd = Path(tempfile.mkdtemp(dir=work))
     gc = ["--gradient-checkpointing"] if a.gradient_checkpointing else []
-    out, peak = timed([sys.executable, str(ROOT / script), "--model", a.model, "--output-dir", "out", *flags, *gc], cwd)
+    cmd = [sys.executable, str(ROOT / script), "--model", a.model, "--output-dir", "out", "--no-cuda", *flags, *gc]
+    out, peak = timed(cmd, cwd)  # on the CPU, as TRL's side runs (use_cpu=True)
     tag = "charts/SPS" if script == "ppo_rlhf.py" else "charts/pairs_per_second"
     rate = last_rate(cwd, tag)
     pre = re.search(r"of (\d+) train and (\d+) eval pairs precomputed in ([\d.]+)s", out)
