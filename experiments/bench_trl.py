@@ -9,7 +9,7 @@ where PPO's time goes (generation, scoring, update) and its generation speed bes
     python -m venv --system-site-packages ppo112 && ppo112/bin/pip install --no-deps trl==1.12.0
     python experiments/bench_trl.py --trl-ppo-python ppo112/bin/python --only PPO    # the PPO row
     python experiments/bench_trl.py --shape gpt2 --num-pairs 64 --ppo-episodes 32 --ppo-rollout 16 \\
-        --trl-ppo-python ppo112/bin/python                                          # GPT-2 124M (random weights)
+        --ppo-response-length 32 --trl-ppo-python ppo112/bin/python                 # GPT-2 124M (random weights)
 
 --shape builds a model of that shape with random weights (experiments/bench_memory.py's shapes) and the GPT-2
 tokenizer stand-in of tests/standins.py (byte-level BPE; <|endoftext|> is unk, BOS and EOS; no pad token), once,
