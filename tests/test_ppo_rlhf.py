@@ -290,6 +290,16 @@ def test_end_to_end_gold_learns_and_logs_the_field_names(tmp_path):
     assert len(logged["eval/gold"]) == 2 and logged["eval/gold"][0] == pytest.approx(before, abs=1e-3)
     assert logged["eval/kl"][0] == 0.0 and logged["eval/kl"][1] == pytest.approx(kl, abs=0.01)
     assert models.load_causal_lm(str(tmp_path / "model")).config.vocab_size == 189
+    # the time split: its parts are measured inside the loop, so together at most the loop's time (rounded to 1 s);
+    # 4 rollouts of 64 responses of 1 to 24 tokens are 256 to 6144 sampled tokens (prompt tokens would add ~3000)
+    parts = re.search(r"time: generation ([\d.]+)s \((\d+) tokens/s\), scoring \(log-probs, values, reward\) "
+                      r"([\d.]+)s, update ([\d.]+)s, evaluation ([\d.]+)s", out)
+    generation, tokens_per_s, scoring_s, update_s, evaluation_s = map(float, parts.groups())
+    total = float(re.search(r"256 episodes in (\d+)s", out).group(1))
+    assert min(generation, scoring_s, update_s, evaluation_s) > 0
+    assert generation + scoring_s + update_s + evaluation_s <= total + 1.0
+    assert 200 <= tokens_per_s * generation <= 6144 * 1.2  # 20% for the rounding of a short generation time
+    assert logged["charts/generated_tokens_per_second"][-1] == pytest.approx(tokens_per_s, rel=0.01, abs=1)
 
 
 @pytest.mark.parametrize("fixture, same_vocab, flags", [
