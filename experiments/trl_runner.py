@@ -60,13 +60,13 @@ else:  # rollouts of --batch-size prompts, 2 minibatches, 4 PPO epochs: ppo_rlhf
     rm, vm = (AutoModelForSequenceClassification.from_pretrained(a.reward_model, num_labels=1, dtype=torch.float32)
               for _ in range(2))
     ds = ds.map(lambda r: {"input_ids": tok(r["prompt"]).input_ids}, remove_columns=ds.column_names)
-    # TRL 1.12: rollout = per_device_train_batch_size x gradient_accumulation_steps, split into num_mini_batches;
-    # accumulation steps the optimizer once per that many minibatches, so 1 gives ours: one step per minibatch
-    common |= {"per_device_train_batch_size": a.batch_size, "gradient_accumulation_steps": 1}
-    common = {k: v for k, v in common.items() if k != "learning_rate"}
+    # TRL 1.12: rollout = per_device_train_batch_size (--batch-size) x gradient_accumulation_steps, split into
+    # num_mini_batches; accumulation steps the optimizer once per that many minibatches, so its default of 1 gives
+    # ours: one step per minibatch
+    ppo_common = {k: v for k, v in common.items() if k != "learning_rate"}  # PPO's own learning rate below
     cfg = PPOConfig(total_episodes=a.total_episodes, response_length=a.response_length, num_mini_batches=2,
                     num_ppo_epochs=4, local_rollout_forward_batch_size=a.batch_size, stop_token="eos",
-                    missing_eos_penalty=1.0, kl_coef=0.05, learning_rate=3e-4, num_sample_generations=0, **common)
+                    missing_eos_penalty=1.0, kl_coef=0.05, learning_rate=3e-4, num_sample_generations=0, **ppo_common)
     trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=ref, reward_model=rm, value_model=vm,
                          train_dataset=ds, eval_dataset=ds.select(range(8)))
     samples = a.total_episodes
