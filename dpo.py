@@ -38,7 +38,7 @@ import tyro
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import data, models, task
+from common import data, models, sampling, task
 
 
 @dataclass
@@ -113,8 +113,7 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
-    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora
-    (common/models.py)"""
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (see LoraArgs)"""
     learning_rate: Optional[float] = None
     """peak learning rate; if not given: 3e-4 for a small model like the bundled one,
     1e-6 for a pretrained one (the DPO paper, TRL)"""
@@ -241,37 +240,23 @@ def pair_batch(model, ref_model, ref_logps, chosen, rejected, idx, args, pad_id,
     return losses.mean(), metrics
 
 
-@torch.no_grad()
 def sample(model, tokenizer, queries, max_new_tokens, temperature, batch_size=64):
-    """Pure sampling (no top-k, no top-p) for queries (lists of prompt ids, left-padded here). Returns the texts and,
-    per batch, (ids, attention_mask, response_mask) with the response mask covering the sampled tokens up to and
-    including the first EOS."""
-    device = next(model.parameters()).device
-    texts, batches = [], []
-    for i in range(0, len(queries), batch_size):
-        batch = queries[i : i + batch_size]
-        ids = data.pad(batch, tokenizer.pad_token_id, side="left").to(device)
-        prompt_mask = data.pad([[1] * len(q) for q in batch], 0, side="left").to(device)
-        gen = model.generate(input_ids=ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, do_sample=True,
-                             temperature=temperature, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-        resp = gen[:, ids.shape[1] :]  # (B, N)
-        is_eos = (resp == tokenizer.eos_token_id).long()
-        resp_mask = (is_eos.cumsum(1) - is_eos) == 0  # no EOS before this token: the EOS itself is part of the response
-        am = torch.cat([prompt_mask, torch.ones_like(resp)], 1)
-        batches.append((gen, am, torch.cat([torch.zeros_like(ids), resp_mask.long()], 1)))
-        resp = resp.masked_fill(~resp_mask, tokenizer.pad_token_id)
-        texts += [t.strip() for t in tokenizer.batch_decode(resp, skip_special_tokens=True)]
-    return texts, batches
+    """Pure sampling (no top-k, no top-p) for queries (lists of prompt ids), each response up to and including its
+    first EOS. Returns the texts and the batches as common/sampling.py gives them."""
+    stop_ids = [tokenizer.eos_token_id]
+    config = sampling.generation_config(tokenizer, stop_ids, max_new_tokens, temperature)
+    batches = [sampling.sample_responses(model, tokenizer, queries[i : i + batch_size], config, stop_ids)
+               for i in range(0, len(queries), batch_size)]
+    return [text for r in batches for text in r["texts"]], batches
 
 
 @torch.no_grad()
 def sample_logps(model, batches, temperature):
     """Sequence log-probs of the sampled responses under model at the sampling temperature, (N,)."""
     out = []
-    for ids, am, rm in batches:
-        logits = model(input_ids=ids, attention_mask=am, position_ids=models.position_ids_from_mask(am)).logits
-        out.append(sequence_logps(logits / temperature, ids, rm)[0])
+    for r in batches:
+        logprobs = sampling.response_logprobs(model, r["seq"], r["mask"], r["context_length"], temperature)[0]
+        out.append((logprobs * r["resp_mask"]).sum(1))
     return torch.cat(out) if out else torch.zeros(0)  # none on a process that had no prompts
 
 
@@ -316,9 +301,8 @@ if __name__ == "__main__":
     model = models.disable_dropout(models.load_causal_lm(args.model, torch.float32, args.trust_remote_code))
     lengths = {"max_length": (96, 1024), "max_prompt_length": (32, 512)}  # (small model, pretrained model)
     models.fit_defaults(args, model, tokenizer, (3e-4, 1e-6), lengths, say)
-    if args.gradient_checkpointing:
-        models.checkpoint_activations(model)
-    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters on, its own weights frozen
+    # --use-peft: adapters on, the model's own weights frozen
+    model = models.prepare(model, args.gradient_checkpointing, args.lora, dtype, device)
     ref_model = models.reference_of(model, dtype)  # a frozen copy, or with adapters the same network with them off
     ddp_model = DDP(model) if world > 1 else model
     torch.manual_seed(args.seed + rank)  # each rank samples differently at evaluation

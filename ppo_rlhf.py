@@ -16,7 +16,6 @@ With --use-peft the policy and the value network train LoRA adapters (the value 
 is the policy with its adapters off: no second copy. Frozen weights are bf16 on GPUs that support it.
 """
 
-import math
 import random
 import time
 from collections import Counter, defaultdict
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
 
-from common import data, models, scoring, task
+from common import data, models, sampling, scoring, task
 
 
 @dataclass
@@ -52,8 +51,7 @@ class Args:
     """the W&B team or user (with --track); None: your default entity"""
 
     model: str = models.BUNDLED_MODEL
-    """the policy to start from (an SFT model): a hub name or local path; a frozen copy (or with --use-peft the policy
-    with its adapters off) is the KL reference"""
+    """the policy to start from (an SFT model), a hub name or local path; its frozen start is the KL reference"""
     reward_model: str = "gold"
     """'gold' (the embedded task's gold reward), a sequence classifier (rm_bt.py / rm_kwise.py output, a hub reward
     model or sentiment classifier, decoder or encoder), or file.py:fn (see common/scoring.py)"""
@@ -91,8 +89,7 @@ class Args:
     response_length: int = 64
     """longest response in tokens; a response that has not stopped by then is cut (and gets the missing-EOS penalty)"""
     max_prompt_length: Optional[int] = None
-    """longest prompt in tokens, its end kept (counted); if not given: 64 for a small model, 512 for a pretrained one,
-    within its context"""
+    """longest prompt in tokens, its end kept (counted); if not given: 64 for a small model, 512 for a pretrained one"""
     temperature: float = 1.0
     """sampling temperature; log-probs of policy, reference and old policy all come from logits / temperature"""
     stop_token: str = ""
@@ -103,8 +100,7 @@ class Args:
     kl_coef: float = 0.05
     """beta, the per-token KL penalty coefficient (the initial value when target_kl is set)"""
     kl_estimator: Literal["k1", "k3"] = "k1"
-    """per-token KL estimator in the reward: k1 = log(pi/ref) (can be negative), k3 = (r - 1) - log r, r = ref/pi (never
-    negative). Both values are unbiased; as a reward only k1 has the KL's gradient (k3: KL(pi||ref) - KL(ref||pi)'s)"""
+    """per-token KL estimator in the reward: k1 = log(pi/ref) or k3 = (r - 1) - log r, r = ref/pi (per_token_kl)"""
     kl_clamp: bool = False
     """clamp the per-token KL at 0 (AlpacaFarm)"""
     target_kl: Optional[float] = None
@@ -124,18 +120,16 @@ class Args:
     vf_coef: float = 0.1
     """value loss coefficient"""
     ptx_coef: float = 0.0
-    """PPO-ptx (InstructGPT): coefficient of the log-likelihood of a minibatch of demonstrations added to the objective
-    (0 = off); InstructGPT mixed in pretraining text, this uses the SFT demonstrations (--ptx-dataset)"""
+    """PPO-ptx (InstructGPT): coefficient of the demonstrations' log-likelihood added to the objective (0: off)"""
     ptx_dataset: str = "embedded"
-    """demonstrations for PPO-ptx: 'embedded' (task.make_sft on the train prompts)
-    or a {"prompt", "completion"} file / hub dataset"""
+    """demonstrations for PPO-ptx (InstructGPT mixed in pretraining text): 'embedded' (task.make_sft on the train
+    prompts) or a {"prompt", "completion"} file / hub dataset"""
     log_samples_every: int = 20
     """updates between tables of prompts, responses and scores in TensorBoard (and evaluations on the eval prompts)"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass of the policy and the value network: less memory, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
-    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora
-    (common/models.py)"""
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (see LoraArgs)"""
 
 
 # ---------------------------------------------------------------- the math (pure functions, tests/test_ppo_rlhf.py)
@@ -235,58 +229,15 @@ def demonstration_nll(policy, demos, pad_id):
 
 # ---------------------------------------------------------------- rollouts
 
-def truncate_after_stop(responses, stop_ids, pad_id):
-    """(responses, mask, stopped): keep each response up to and including its first stop token; after it, pad ids
-    and mask 0. `stopped` says which responses ended with a stop token (the others ran out of length)."""
-    is_stop = torch.isin(responses, torch.tensor(stop_ids, device=responses.device))
-    stops_before = torch.cumsum(is_stop, dim=1) - is_stop.long()  # stop tokens strictly before position t
-    mask = (stops_before == 0).long()
-    return torch.where(mask.bool(), responses, pad_id), mask, is_stop.any(dim=1)
-
-
-def forward_logprobs(model, seq, mask, context_length, temperature, hidden=False):
-    """(logprobs, entropy, last_hidden) of the response tokens seq[:, context_length:], each (B, T): the same code
-    for policy, reference and old policy, logits / temperature (else KL and ratios are wrong), position ids
-    from the attention mask (queries are left-padded)."""
-    position_ids = models.position_ids_from_mask(mask)
-    out = model(input_ids=seq, attention_mask=mask, position_ids=position_ids, output_hidden_states=hidden)
-    logits = out.logits[:, context_length - 1 : -1].float() / temperature  # the logits at t - 1 predict token t
-    logp_all = F.log_softmax(logits, dim=-1)
-    logprobs = logp_all.gather(-1, seq[:, context_length:, None]).squeeze(-1)
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logprobs, entropy, out.hidden_states[-1][:, context_length - 1 : -1] if hidden else None
-
-
 @torch.no_grad()
 def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temperature):
-    """Sample one response per query and score its tokens under policy and reference. queries: lists of ids."""
-    device = next(policy.parameters()).device
-    query = data.pad(queries, tokenizer.pad_token_id, side="left").to(device)  # left-padded for generation
-    query_mask = data.pad([[1] * len(q) for q in queries], 0, side="left").to(device)
-    training = policy.training
-    policy.eval()  # generate() with the KV cache: gradient checkpointing turns it off in training mode (no dropout)
-    start = time.time()
-    seq = models.generate(policy, input_ids=query, attention_mask=query_mask, generation_config=gen_config)
-    generation_seconds = time.time() - start
-    policy.train(training)
-    context_length = query.shape[1]
-    responses, resp_mask, stopped = truncate_after_stop(seq[:, context_length:], stop_ids, tokenizer.pad_token_id)
-    seq = torch.cat([query, responses], dim=1)
-    mask = torch.cat([query_mask, resp_mask], dim=1)
-    logprobs, _, _ = forward_logprobs(policy, seq, mask, context_length, temperature)
-    ref_logprobs, _, _ = forward_logprobs(ref_policy, seq, mask, context_length, temperature)
-    # the text as sampled, a stop token such as "." included; special tokens (EOS) left out
-    texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(responses, resp_mask)]
-    with_eos = ((responses == tokenizer.eos_token_id) & resp_mask.bool()).any(1)
-    return dict(seq=seq, mask=mask, context_length=context_length, resp_mask=resp_mask.float(), stopped=stopped,
-                with_eos=with_eos, logprobs=logprobs, ref_logprobs=ref_logprobs, texts=texts,
-                generation_seconds=generation_seconds, sampled_tokens=responses.numel())
-
-
-def golds_of(prompts, texts):
-    """The gold rewards of the responses to the task's prompts (other prompts have none)."""
-    return [task.gold_reward(p, t) for p, t in zip(prompts, texts) if task.is_task_prompt(p)]
+    """Sample one response per query (lists of ids), cut after its first stop token, and read its tokens' log-probs
+    under policy and reference at the sampling temperature (common/sampling.py)."""
+    r = sampling.sample_responses(policy, tokenizer, queries, gen_config, stop_ids)
+    seq, mask, L = r["seq"], r["mask"], r["context_length"]
+    r["logprobs"] = sampling.response_logprobs(policy, seq, mask, L, temperature)[0]
+    r["ref_logprobs"] = sampling.response_logprobs(ref_policy, seq, mask, L, temperature)[0]
+    return r
 
 
 if __name__ == "__main__":
@@ -309,19 +260,12 @@ if __name__ == "__main__":
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
     # Prompts (read and checked before any model loads): train prompts for rollouts, held-out ones for evaluation
-    if args.dataset == "embedded":
-        train_prompts, eval_prompts = task.split_prompts()
-    else:
-        rows = data.load_rows(args.dataset, "prompt", args.dataset_config, args.dataset_train_split,
-                              args.dataset_test_split, verbose=rank == 0)
-        train_prompts, eval_prompts = ([r["prompt"] for r in split] for split in rows)
-    task_prompts = all(task.is_task_prompt(p) for p in train_prompts + eval_prompts)
+    train_prompts, eval_prompts = data.load_prompts(args.dataset, args.dataset_config, args.dataset_train_split,
+                                                    args.dataset_test_split, args.num_eval_prompts, rank == 0)
+    task_prompts = all(task.is_task_prompt(p) for p in train_prompts + eval_prompts)  # responses with a gold reward
     if args.reward_model == "gold" and not task_prompts:
         raise SystemExit("--reward-model gold scores the embedded task's prompts only: "
                          "pass a reward model for other prompts")
-    if not eval_prompts:
-        say("no held-out prompts in the dataset's split: evaluating on the first 64 train prompts")
-    eval_prompts = (eval_prompts or train_prompts[:64])[: args.num_eval_prompts]
     if args.ptx_coef > 0:  # PPO-ptx: demonstrations whose log-likelihood is added to the objective
         if args.ptx_dataset == "embedded":
             ptx_rows = task.make_sft(train_prompts, 1, args.seed)
@@ -331,12 +275,11 @@ if __name__ == "__main__":
     # Models: policy, frozen reference, reward, value; dropout off in all of them (N details); frozen weights in `dtype`
     scoring.check(args.reward_model)
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
-    stop_ids = models.stop_token_ids(tokenizer, args.stop_token, args.model)
+    stop_ids = sampling.stop_token_ids(tokenizer, args.stop_token, args.model)
     policy = models.disable_dropout(models.load_causal_lm(args.model, torch.float32, args.trust_remote_code))
     models.fit_defaults(args, policy, tokenizer, (3e-4, 3e-6), {"max_prompt_length": (64, 512)}, say)
-    if args.gradient_checkpointing:
-        models.checkpoint_activations(policy)
-    policy = models.add_lora(policy, args.lora, dtype).to(device)  # --use-peft: adapters on, its own weights frozen
+    # --use-peft: adapters on, the model's own weights frozen
+    policy = models.prepare(policy, args.gradient_checkpointing, args.lora, dtype, device)
     # the starting policy: a frozen copy, or the policy with adapters off
     ref_policy = models.reference_of(policy, dtype)
     reward = scoring.load(args.reward_model, tokenizer, args.reward_label, device, args.trust_remote_code, dtype)
@@ -349,10 +292,9 @@ if __name__ == "__main__":
         from_rm = reward["kind"] == "decoder" and reward["same_vocab"] and reward["model"].config.num_labels == 1
         value_init = args.reward_model if from_rm else args.model
         value_model = models.load_reward_model(value_init, torch.float32, args.trust_remote_code)
-        value_model = models.disable_dropout(value_model)
-        if args.gradient_checkpointing:
-            models.checkpoint_activations(value_model)
-        value_model, value_head = models.add_lora(value_model, args.lora, dtype).to(device), None  # adapters and head
+        value_model = models.disable_dropout(value_model)  # --use-peft: adapters and head trained
+        value_model = models.prepare(value_model, args.gradient_checkpointing, args.lora, dtype, device)
+        value_head = None
         say(f"value network initialized from {value_init}" + ("" if from_rm else " (fresh scalar head)"))
     params = models.trainable(policy, value_head if value_model is None else value_model)
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5, fused=models.fused_adam(device))
@@ -363,7 +305,8 @@ if __name__ == "__main__":
         separate value network, or the head on the policy's last hidden states."""
         if value_model is not None:
             return models.head_per_token(value_model, seq, mask)[:, L - 1 : -1].float()
-        hidden = forward_logprobs(policy, seq, mask, L, args.temperature, hidden=True)[2] if hidden is None else hidden
+        if hidden is None:
+            hidden = sampling.response_logprobs(policy, seq, mask, L, args.temperature, hidden=True)[2]
         return value_head(hidden).squeeze(-1).float()
 
     train_queries = data.encode_prompts(tokenizer, train_prompts, args.max_prompt_length, "train prompts", rank == 0)
@@ -371,15 +314,13 @@ if __name__ == "__main__":
     if args.ptx_coef > 0:
         ptx_data = data.encode_demonstrations(tokenizer, ptx_rows, args.max_prompt_length + args.response_length,
                                               args.max_prompt_length, "ptx demonstrations", rank == 0)
-    gen_config = models.generation_config(tokenizer, stop_ids, args.response_length, args.temperature)
+    gen_config = sampling.generation_config(tokenizer, stop_ids, args.response_length, args.temperature)
     num_updates = args.total_episodes // args.rollout_batch_size
     local_batch = args.rollout_batch_size // world  # this process's share of each rollout
     minibatch_size = local_batch // args.num_mini_batches
-    if not train_prompts:
-        raise SystemExit(f"--dataset {args.dataset}: no train prompts (all of them went to the eval split)")
 
     def evaluate(episodes):
-        """Samples on held-out prompts, a share per process (perhaps none): means of score, gold, sequence KL (k1)."""
+        """Samples on held-out prompts, a share per process (perhaps none): means of score, sequence KL (k1), gold."""
         prompts, queries = eval_prompts[rank::world], eval_queries[rank::world]
         scores, kls, texts, B = [], [], [], args.rollout_batch_size
         for i in range(0, len(queries), B):
@@ -389,14 +330,16 @@ if __name__ == "__main__":
                 scores += batch_scores.tolist()
             kls += ((r["logprobs"] - r["ref_logprobs"]) * r["resp_mask"]).sum(1).tolist()
             texts += r["texts"]
-        out = models.global_means({"score": scores, "kl": kls, "gold": golds_of(prompts, texts)})  # NaN if no gold
-        models.log_scalars(writer, {k: v for k, v in out.items() if not math.isnan(v)}, episodes, prefix="eval/")
-        gold = None if math.isnan(out["gold"]) else out["gold"]
-        return out | {"gold": gold, "samples": list(zip(prompts[:8], texts[:8], scores[:8]))}
+        means = {"score": scores, "kl": kls}
+        if task_prompts:
+            means["gold"] = [task.gold_reward(p, t) for p, t in zip(prompts, texts)]
+        out = models.global_means(means)
+        models.log_scalars(writer, out, episodes, prefix="eval/")
+        return out | {"samples": list(zip(prompts[:8], texts[:8], scores[:8]))}
 
     run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate(0)  # step 0: the curves start at the base policy
-    gold = f", gold {before['gold']:.3f}" if before["gold"] is not None else ""
+    gold = f", gold {before['gold']:.3f}" if task_prompts else ""
     say(f"before training: eval score {before['score']:.3f}" + gold)
     rng = random.Random(args.seed)
     order, beta, episodes, start = [], args.kl_coef, 0, time.time()
@@ -420,7 +363,6 @@ if __name__ == "__main__":
             seq, mask, L, resp_mask = r["seq"], r["mask"], r["context_length"], r["resp_mask"]
             values = values_of(seq, mask, L) * resp_mask
             scores = scoring.score(reward, prompts, r["texts"], r["with_eos"], seq, mask, rm_counts).to(device)
-        golds = golds_of(prompts, r["texts"])
         scores = scores - args.missing_eos_penalty * (~r["stopped"]).float()  # responses that never stopped
         clock["generation"] += r["generation_seconds"]
         clock["scoring"] += time.time() - tic - r["generation_seconds"]
@@ -441,8 +383,8 @@ if __name__ == "__main__":
             for mb in torch.randperm(local_batch)[: minibatch_size * args.num_mini_batches].split(minibatch_size):
                 optimizer.zero_grad()  # before the forward: the last step's gradients are freed before activations grow
                 with autocast:
-                    logprobs, entropy, hidden = forward_logprobs(policy, seq[mb], mask[mb], L, args.temperature,
-                                                                 hidden=value_model is None)
+                    logprobs, entropy, hidden = sampling.response_logprobs(policy, seq[mb], mask[mb], L,
+                                                                           args.temperature, hidden=value_model is None)
                     vpred = values_of(seq[mb], mask[mb], L, hidden)
                     pg_loss, vf_loss, s = ppo_losses(logprobs, r["logprobs"][mb], advantages[mb], vpred, values[mb],
                                                      returns[mb], resp_mask[mb], args.cliprange, args.cliprange_value)
@@ -481,7 +423,8 @@ if __name__ == "__main__":
             "charts/learning_rate": lr, "charts/SPS": episodes / (time.time() - start),
             "charts/generated_tokens_per_second": sampled_tokens / clock["generation"],
         }
-        scalars |= {"objective/gold": sum(golds) / len(golds)} if golds else {}
+        if task_prompts:  # the gold reward that the score stands in for
+            scalars["objective/gold"] = sum(map(task.gold_reward, prompts, r["texts"])) / len(prompts)
         scalars |= {"loss/ptx_avg": avg["ptx"]} if "ptx" in avg else {}
         scalars = models.reduce_mean(scalars)  # averaged over processes (equal shares): beta moves alike everywhere
         models.log_scalars(writer, scalars, episodes)
@@ -495,20 +438,20 @@ if __name__ == "__main__":
             writer.add_text("samples", f"|prompt|response|score|\n|-|-|-|\n{rows}", episodes)
             clock["evaluation"] += time.time() - tic
 
+    cut_for_rm = models.sum_over_ranks([rm_counts["truncated for the reward model"]])[0]  # counted on every process
     if world > 1:  # the processes' copies must have stayed identical (same averaged gradients, same steps)
         say(f"weights identical on the {world} processes: {models.identical_on_all_ranks(params)}")
     if rank == 0:  # rank 0 alone saves and reports
         for p, t, s in after["samples"][:4]:
             print(f"  {p} -> {t}  (score {s:.2f})")
         out_dir = models.save(policy, tokenizer, args.output_dir, run_name, args.lora.merge_lora)
+        if cut_for_rm:
+            print(f"{cut_for_rm:.0f} rollout sequences were cut at their start to fit the reward model")
         summary = "ppo_rlhf:"
-        if after["gold"] is not None:
+        if task_prompts:
             summary += f" eval gold {before['gold']:.3f} -> {after['gold']:.3f} (best {task.BEST_GOLD}),"
         if reward["kind"] != "gold":
             summary += f" eval proxy score {before['score']:.3f} -> {after['score']:.3f},"
-        if rm_counts['truncated for the reward model']:
-            print(f"{rm_counts['truncated for the reward model']} rollout sequences were cut at their start "
-                  "to fit the reward model")
         print(f"time: generation {clock['generation']:.1f}s ({sampled_tokens / clock['generation']:.0f} tokens/s), "
               f"scoring (log-probs, values, reward) {clock['scoring']:.1f}s, update {clock['update']:.1f}s, "
               f"evaluation {clock['evaluation']:.1f}s")

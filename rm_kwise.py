@@ -90,8 +90,7 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
-    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora
-    (common/models.py)"""
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (see LoraArgs)"""
     learning_rate: Optional[float] = None
     """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled
     one, 1e-5 for a pretrained one"""
@@ -291,13 +290,12 @@ if __name__ == "__main__":
     # The reward model starts from the SFT model with a fresh scalar head (InstructGPT); dropout off
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
     model = models.load_reward_model(args.model, torch.float32, args.trust_remote_code)
-    model = models.disable_dropout(model).to(device)
+    model = models.disable_dropout(model)
     model.config.pad_token_id = tokenizer.pad_token_id
     lengths = {"max_length": (96, 1024), "max_prompt_length": (32, 512)}  # (small model, pretrained model)
     models.fit_defaults(args, model, tokenizer, (1e-3, 1e-5), lengths, say)
-    if args.gradient_checkpointing:
-        models.checkpoint_activations(model)
-    model = models.add_lora(model, args.lora, dtype).to(device)  # --use-peft: adapters and head trained, rest frozen
+    # --use-peft: adapters and head trained, the rest frozen
+    model = models.prepare(model, args.gradient_checkpointing, args.lora, dtype, device)
     # DDP averages the gradients across ranks in backward()
     ddp_model = DDP(models.LastTokenReward(model)) if world > 1 else model
     loss_fn = LOSSES[args.loss]

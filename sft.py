@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from common import data, models, task
+from common import data, models, sampling, task
 
 
 @dataclass
@@ -68,8 +68,7 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
-    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora
-    (common/models.py)"""
+    """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (see LoraArgs)"""
     learning_rate: Optional[float] = None
     """peak learning rate; if not given: 2e-3 for a small model (from scratch, or the bundled one), 2e-5 for a
     pretrained one (TRL)"""
@@ -120,7 +119,7 @@ def evaluate(model, tokenizer, batches, eval_prompts, eval_queries, args, autoca
     if eval_prompts:
         prompts = eval_prompts[rank::world]
         queries = eval_queries[rank::world]
-        responses = models.sample_completions(model, tokenizer, queries, args.max_new_tokens, args.temperature)
+        responses = sampling.sample_completions(model, tokenizer, queries, args.max_new_tokens, args.temperature)
         out |= models.global_means(task.grades(prompts, responses, prefix="eval/"))
         out["samples"] = list(zip(prompts[:8], responses[:8]))
     model.train()
@@ -165,10 +164,8 @@ if __name__ == "__main__":
     lengths = {"max_length": (96, 1024), "max_prompt_length": (32, 512)}  # (small model, pretrained model)
     models.fit_defaults(args, model, tokenizer, (2e-3, 2e-5), lengths, print if rank == 0 else models.quiet)
     lr = args.learning_rate
-    if args.gradient_checkpointing:
-        models.checkpoint_activations(model)
-    # --use-peft: adapters on, the model's own weights frozen
-    model = models.add_lora(model, args.lora, dtype).to(device)
+    # --gradient-checkpointing; --use-peft: adapters on, the model's own weights frozen
+    model = models.prepare(model, args.gradient_checkpointing, args.lora, dtype, device)
     ddp_model = DDP(model) if world > 1 else model  # DDP averages the gradients across ranks in backward()
     torch.manual_seed(args.seed + rank)  # after the (identical) init: each rank samples differently
 

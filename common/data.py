@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from common import task
+
 FORMATS = {
     "prompt": '{"prompt"}, {"messages"}, {"instruction"}, or any pairwise, SFT or K-wise row (its prompt)',
     "sft": '{"prompt", "completion"} or {"messages": [..., last an assistant message]}',
@@ -115,6 +117,21 @@ def load_rows(dataset, kind, config=None, train_split="train", test_split=None, 
     if verbose:
         print(f"{dataset}: {len(train)} {kind} rows from split {train_split}, {len(evals)} for evaluation ({where})")
     return train, evals
+
+
+def load_prompts(dataset, config=None, train_split="train", test_split=None, num_eval=None, verbose=True):
+    """(train_prompts, eval_prompts): the embedded task's, or the prompts of a dataset's rows of any kind (load_rows).
+    Where none is held out (a small file), the first 64 train prompts are evaluated on; num_eval keeps the first N."""
+    if dataset == "embedded":
+        train, evals = task.split_prompts()
+    else:
+        rows = load_rows(dataset, "prompt", config, train_split, test_split, verbose=verbose)
+        train, evals = ([r["prompt"] for r in split] for split in rows)
+    if not train:
+        raise DataError(f"--dataset {dataset}: no train prompts (all of them went to the eval split)")
+    if not evals and verbose:
+        print("no held-out prompts in the dataset's split: evaluating on the first 64 train prompts")
+    return train, (evals or train[:64])[:num_eval]
 
 
 def split_by_prompt(rows, eval_frac=0.05):

@@ -20,10 +20,8 @@ import torch.distributed as dist
 from huggingface_hub import get_hf_file_metadata, hf_hub_url, is_offline_mode, try_to_load_from_cache
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                          GenerationConfig)
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from common import data
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # the task's small base policy, made by `python sft.py --output-dir common/bundled_model`
@@ -450,55 +448,6 @@ def finish(writer):
         dist.destroy_process_group()
 
 
-def generate(model, **kwargs):
-    """model.generate(**kwargs) without a false alarm of transformers: generate() drops an attention mask of all ones
-    (prompts without padding) itself, then, once a finished row emits pad tokens, the model warns that a padded input
-    came without a mask. Only that warning, only here."""
-    with without_log("We strongly recommend passing in an `attention_mask`"):
-        return model.generate(**kwargs)
-
-
-def stop_token_ids(tokenizer, stop_token="", model_name=""):
-    """The ids that end a response: EOS, and --stop-token when given: a token of the vocabulary, or a text that encodes
-    to one token (not found by comparing with unk: GPT-2's unk is its EOS)."""
-    if not stop_token:
-        return [tokenizer.eos_token_id]
-    vocab = tokenizer.get_vocab()
-    ids = [vocab[stop_token]] if stop_token in vocab else tokenizer(stop_token, add_special_tokens=False).input_ids
-    if len(ids) != 1:
-        stop(f"--stop-token {stop_token!r} is not one token of the tokenizer of {model_name} (it is {len(ids)})")
-    return [tokenizer.eos_token_id] + ids
-
-
-def generation_config(tokenizer, stop_ids, max_new_tokens, temperature):
-    """Pure sampling at temperature with the KV cache: every other logits processor set to neutral explicitly, so a
-    model's own generation_config.json (top-k, top-p, repetition penalty) cannot change what is sampled."""
-    return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None, typical_p=1.0,
-                            repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
-                            max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-                            suppress_tokens=None, begin_suppress_tokens=None)
-
-
-@torch.no_grad()
-def sample_completions(model, tokenizer, queries, max_new_tokens=64, temperature=1.0, batch_size=64):
-    """Sample one completion per query (lists of prompt ids, left-padded here; KV cache; pure sampling: no top-k, no
-    top-p, whatever the model's generation_config says). Returns the texts, special tokens left out."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(queries), batch_size):
-        batch = queries[i : i + batch_size]
-        ids = data.pad(batch, tokenizer.pad_token_id, side="left").to(device)
-        mask = data.pad([[1] * len(q) for q in batch], 0, side="left").to(device)
-        gen = generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
-                       temperature=temperature, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
-                       eos_token_id=tokenizer.eos_token_id)
-        out += tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
-    model.train(was_training)
-    return [s.strip() for s in out]
-
-
 # ---------------------------------------------------------------- LoRA (Hu et al. 2021): --use-peft in every script
 
 @dataclass
@@ -556,6 +505,14 @@ def add_lora(model, lora, dtype=torch.float32):
         if p.requires_grad:
             p.data = p.data.float()
     return model
+
+
+def prepare(model, gradient_checkpointing, lora, dtype, device):
+    """The model as it trains: activations recomputed in the backward pass with --gradient-checkpointing, LoRA
+    adapters with --use-peft (its own weights frozen), on the device."""
+    if gradient_checkpointing:
+        checkpoint_activations(model)
+    return add_lora(model, lora, dtype).to(device)
 
 
 class AdaptersOff:

@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from bench_memory import build, last_rate  # noqa: E402
-from common import data, models, task  # noqa: E402
+from common import data, models, sampling, task  # noqa: E402
 
 
 @dataclass
@@ -129,7 +129,7 @@ def plain_generate(model_path, prompts, new_tokens, repeats=3):
     rates = []
     for _ in range(repeats):
         start = time.time()
-        out = models.generate(model, input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
+        out = sampling.generate(model, input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
                               max_new_tokens=new_tokens, pad_token_id=pad)  # model.generate, one warning silenced
         rates.append((out.shape[1] - ids.shape[1]) * len(prompts) / (time.time() - start))
     return statistics.median(rates)

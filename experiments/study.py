@@ -143,14 +143,14 @@ def base_samples(n, seed):
     if _SAMPLES is None or len(_SAMPLES[0][1]) != n:
         import torch
 
-        from common import models, task
+        from common import models, sampling, task
 
         models.seed_everything(seed)
         policy = models.load_causal_lm(models.BUNDLED_MODEL)
         tokenizer = models.load_tokenizer(models.BUNDLED_MODEL)
         prompts = task.split_prompts()[1]
         queries = [tokenizer(p).input_ids for p in prompts for _ in range(n)]
-        texts = models.sample_completions(policy, tokenizer, queries, batch_size=256)
+        texts = sampling.sample_completions(policy, tokenizer, queries, batch_size=256)
         _SAMPLES = [(p, texts[i * n : (i + 1) * n], [task.gold_reward(p, t) for t in texts[i * n : (i + 1) * n]])
                     for i, p in enumerate(prompts)]
         torch.set_grad_enabled(True)

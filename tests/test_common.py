@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import torch
 
-from common import data, models, task
+from common import data, models, sampling, task
 from conftest import LORA_KINDS, build_checkpoint, check_lora_save, run_failing
 
 PROMPT = "Which is larger, 12 or 7?"
@@ -231,6 +231,20 @@ def test_split_by_prompt_keeps_a_prompt_on_one_side(tmp_path):
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in eval_}
 
 
+def test_load_prompts_holds_out_prompts_or_evaluates_on_train_prompts(tmp_path, capsys):
+    train, eval_ = task.split_prompts()
+    assert data.load_prompts("embedded", num_eval=5, verbose=False) == (train, eval_[:5])
+    kept = [f"p{i}" for i in range(200) if not data.split_by_prompt([{"prompt": f"p{i}"}])[1]][:3]
+    held_out = next(f"p{i}" for i in range(200) if data.split_by_prompt([{"prompt": f"p{i}"}])[1])
+    path = tmp_path / "few.jsonl"
+    task.export_jsonl([{"prompt": p} for p in kept], path)  # none of the 3 falls in the 5% held out
+    assert data.load_prompts(str(path), num_eval=2) == (kept, kept[:2])
+    assert "evaluating on the first 64 train prompts" in capsys.readouterr().out
+    task.export_jsonl([{"prompt": held_out}], path)
+    with pytest.raises(SystemExit, match=f"--dataset {path}: no train prompts"):
+        data.load_prompts(str(path))
+
+
 def test_hub_dataset_without_datasets_library_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(SystemExit, match="pip install datasets"):
@@ -335,6 +349,14 @@ def test_resolve_finds_repo_paths_from_elsewhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert models.resolve("common/task.py") == str(models.REPO_ROOT / "common/task.py")
     assert models.resolve("gpt2") == "gpt2"
+
+
+def test_truncate_after_stop_masks_everything_after_the_first_stop():
+    responses = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 9, 2, 9], [5, 6, 9, 2]])  # pad == EOS == 2 in row 0
+    out, mask, stopped = sampling.truncate_after_stop(responses, [2, 9], pad_id=1)
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]]
+    assert out.tolist() == [[5, 2, 1, 1], [5, 6, 7, 8], [2, 1, 1, 1], [5, 6, 9, 1]]
+    assert stopped.tolist() == [True, False, True, True]
 
 
 # ---------------------------------------------------------------- torchrun: global batches shared among processes

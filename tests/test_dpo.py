@@ -266,10 +266,10 @@ def test_sampled_responses_and_their_log_probs(base):
     torch.manual_seed(0)
     texts, batches = dpo.sample(model, tok, [tok(p).input_ids for p in prompts], 12, 0.7)
     logps = dpo.sample_logps(model, batches, 0.7)
-    ids, am, rm = batches[0]
+    r = batches[0]
     for b, prompt in enumerate(prompts):
         prefix = tok(prompt).input_ids
-        response = ids[b][rm[b].bool()].tolist()
+        response = r["seq"][b, r["context_length"] :][r["resp_mask"][b].bool()].tolist()
         assert tok.eos_token_id not in response[:-1] and (response[-1] == tok.eos_token_id or len(response) == 12)
         assert texts[b] == tok.decode(response, skip_special_tokens=True).strip()
         total = 0.0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ppo_rlhf
-from common import data, models, task
+from common import data, models, sampling, task
 from conftest import LORA_KINDS, check_lora_save, run_script, scalars
 
 
@@ -157,14 +157,6 @@ def test_ppo_losses_by_hand():
 
 # ---------------------------------------------------------------- rollouts: the sampler's log-probs are the ones we recompute
 
-def test_truncate_after_stop_masks_everything_after_the_first_stop():
-    responses = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 9, 2, 9], [5, 6, 9, 2]])  # pad == EOS == 2 in row 0
-    out, mask, stopped = ppo_rlhf.truncate_after_stop(responses, [2, 9], pad_id=1)
-    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]]
-    assert out.tolist() == [[5, 2, 1, 1], [5, 6, 7, 8], [2, 1, 1, 1], [5, 6, 9, 1]]
-    assert stopped.tolist() == [True, False, True, True]
-
-
 @pytest.mark.parametrize("which", ["bundled", "llama"])
 def test_rollout_logprobs_match_the_sampler_and_first_ratio_is_one(which, llama_pad_eos):
     """The log-probs recomputed in one forward pass (left padding, position ids from the mask, logits / temperature)
@@ -174,7 +166,7 @@ def test_rollout_logprobs_match_the_sampler_and_first_ratio_is_one(which, llama_
     prompts = task.all_prompts()[::97][:12]
     queries = [tok(p).input_ids[: 3 + i % 6] for i, p in enumerate(prompts)]  # ragged lengths: real left padding
     T, stop = 0.7, [tok.eos_token_id]
-    cfg = models.generation_config(tok, stop, 10, T)
+    cfg = sampling.generation_config(tok, stop, 10, T)
     torch.manual_seed(0)
     r = ppo_rlhf.rollout(policy, policy, tok, queries, cfg, stop, T)
     # the same samples again, this time with generate()'s own logits
@@ -188,7 +180,7 @@ def test_rollout_logprobs_match_the_sampler_and_first_ratio_is_one(which, llama_
     torch.testing.assert_close(r["logprobs"] * m, sampler * m, atol=1e-4, rtol=1e-4)
     assert torch.equal(r["logprobs"], r["ref_logprobs"])  # policy == reference: KL 0
     # the entropy logged as policy/entropy_avg: of the sampler's distribution, over response tokens only
-    _, entropy, _ = ppo_rlhf.forward_logprobs(policy, r["seq"], r["mask"], L, T)
+    _, entropy, _ = sampling.response_logprobs(policy, r["seq"], r["mask"], L, T)
     p = torch.stack(out.logits, 1).div(T).softmax(-1)
     sampler_entropy = -(p * p.log().nan_to_num(neginf=0.0)).sum(-1)  # 0 log 0 = 0
     torch.testing.assert_close(entropy[m.bool()], sampler_entropy[m.bool()], atol=1e-4, rtol=1e-4)
@@ -197,13 +189,13 @@ def test_rollout_logprobs_match_the_sampler_and_first_ratio_is_one(which, llama_
         assert ppo_rlhf.masked_mean(entropy, m).item() != pytest.approx(entropy.mean().item(), abs=1e-2)
 
     mb = torch.randperm(len(queries))[:6]  # the first minibatch, recomputed with gradients as in the update
-    new, _, _ = ppo_rlhf.forward_logprobs(policy, r["seq"][mb], r["mask"][mb], L, T)
+    new, _, _ = sampling.response_logprobs(policy, r["seq"][mb], r["mask"][mb], L, T)
     adv = torch.randn_like(new)
     zeros = torch.zeros_like(new)
     _, _, s = ppo_rlhf.ppo_losses(new, r["logprobs"][mb], adv, zeros, zeros, zeros, m[mb])
     assert s["ratio"] == pytest.approx(1.0, abs=1e-5) and s["clipfrac"] == 0.0 and s["approxkl"] < 1e-9
     # the check has teeth: the wrong temperature, or positions that ignore the left padding, break it
-    wrong_t, _, _ = ppo_rlhf.forward_logprobs(policy, r["seq"][mb], r["mask"][mb], L, 1.0)
+    wrong_t, _, _ = sampling.response_logprobs(policy, r["seq"][mb], r["mask"][mb], L, 1.0)
     assert ppo_rlhf.ppo_losses(wrong_t, r["logprobs"][mb], adv, zeros, zeros, zeros, m[mb])[2]["approxkl"] > 1e-4
     if which == "bundled":
         logits = policy(input_ids=r["seq"][mb], attention_mask=r["mask"][mb]).logits[:, L - 1 : -1] / T
@@ -219,7 +211,7 @@ def test_gradient_checkpointing_recomputes_in_the_update_and_rollouts_keep_the_k
     tok = models.load_tokenizer(models.BUNDLED_MODEL)
     queries = [tok(p).input_ids for p in task.all_prompts()[:4]]
     stop = [tok.eos_token_id]
-    cfg = models.generation_config(tok, stop, 6, 1.0)
+    cfg = sampling.generation_config(tok, stop, 6, 1.0)
     lengths = []  # the sequence length inside the first block at each of its forwards, policy and value network
 
     def counted(forward):  # module hooks stay outside the checkpoint (not re-run): count the forward itself
@@ -242,7 +234,7 @@ def test_gradient_checkpointing_recomputes_in_the_update_and_rollouts_keep_the_k
         assert policy.training == checkpointing and lengths[1:6] == [1] * 5, lengths  # the prompt, then a token at a time
         samples[checkpointing] = r["seq"]
         lengths.clear()
-        logprobs, _, _ = ppo_rlhf.forward_logprobs(policy, r["seq"], r["mask"], r["context_length"], 1.0)
+        logprobs, _, _ = sampling.response_logprobs(policy, r["seq"], r["mask"], r["context_length"], 1.0)
         values = models.head_per_token(value_model, r["seq"], r["mask"])
         (logprobs.sum() + values.sum()).backward()
         assert len(lengths) == (4 if checkpointing else 2)  # policy and value network forward, and again in backward
