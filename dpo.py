@@ -38,7 +38,7 @@ import tyro
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import data, models, sampling, task
+from common import data, models, runs, sampling, task
 
 
 @dataclass
@@ -262,7 +262,7 @@ def sample_logps(model, batches, temperature):
 
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
-    models.check_args(
+    runs.check_args(
         args,
         positive=["pairs_per_prompt", "eval_pairs_per_prompt", "labeler_temperature", "num_train_prompts",
                   "num_eval_prompts", "beta", "num_epochs", "per_device_batch_size", "gradient_accumulation_steps",
@@ -273,11 +273,11 @@ if __name__ == "__main__":
                ("label_smoothing", 0 <= args.label_smoothing < 0.5, "in [0, 0.5)"),
                ("label_smoothing", args.label_smoothing == 0 or args.loss_type == "sigmoid", "0 with this --loss-type"),
                ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
-               models.prompt_length_rule(args)],
+               runs.prompt_length_rule(args)],
     )
-    rank, world, device, dtype = models.setup_distributed(args.cuda)
-    models.seed_everything(args.seed, args.torch_deterministic)
-    say = print if rank == 0 else models.quiet
+    rank, world, device, dtype = runs.setup_distributed(args.cuda)
+    runs.seed_everything(args.seed, args.torch_deterministic)
+    say = print if rank == 0 else runs.quiet
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
     # Data (read and checked before any model loads): preference pairs; the eval pairs are on prompts never trained on
@@ -332,11 +332,11 @@ if __name__ == "__main__":
         if device.type == "cuda":
             torch.cuda.empty_cache()
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
-    num_steps = args.num_epochs * len(models.global_batches(list(range(len(train_c))), global_batch, world))
+    num_steps = args.num_epochs * len(runs.global_batches(list(range(len(train_c))), global_batch, world))
     warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(models.trainable(model), lr=args.learning_rate, weight_decay=0.0,
-                                  fused=models.fused_adam(device))
-    scheduler = models.warmup_cosine(optimizer, warmup, num_steps)
+                                  fused=runs.fused_adam(device))
+    scheduler = runs.warmup_cosine(optimizer, warmup, num_steps)
 
     @torch.no_grad()
     def evaluate():
@@ -351,7 +351,7 @@ if __name__ == "__main__":
                 _, m = pair_batch(model, ref_model, eval_ref, eval_c, eval_r, part, args, pad_id, device)
             sums.update({k: v * len(part) for k, v in m.items()})
             n += len(part)
-        out = models.reduce_mean({f"eval/{k}": sums[k] / max(n, 1) for k in METRICS}, weight=n)
+        out = runs.reduce_mean({f"eval/{k}": sums[k] / max(n, 1) for k in METRICS}, weight=n)
         if eval_prompts:
             prompts = (eval_prompts * args.eval_samples_per_prompt)[rank::world]
             queries = (eval_queries * args.eval_samples_per_prompt)[rank::world]
@@ -364,14 +364,14 @@ if __name__ == "__main__":
                     kl = policy_logps - sample_logps(ref_model, batches, args.temperature)
                 ev["eval/kl"] = kl.tolist()
                 ref_model.to(device if args.reference_on_the_fly else "cpu")
-            out |= models.global_means(ev)  # a process with no share (fewer samples than processes) adds nothing
+            out |= runs.global_means(ev)  # a process with no share (fewer samples than processes) adds nothing
             out["samples"] = list(zip(prompts[:8], texts[:8]))
         model.train()
         return out
 
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
+    run_name, writer = runs.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = ev = evaluate()
-    models.log_scalars(writer, before, 0)  # step 0: the curves start at the reference policy
+    runs.log_scalars(writer, before, 0)  # step 0: the curves start at the reference policy
     gold = f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""
     say(f"before training: eval loss {before['eval/loss']:.3f}" + gold)
     rng = random.Random(args.seed)
@@ -380,10 +380,10 @@ if __name__ == "__main__":
     for epoch in range(args.num_epochs):
         order = list(range(len(train_c)))
         rng.shuffle(order)  # the same order on every rank
-        for batch in models.global_batches(order, global_batch, world):
+        for batch in runs.global_batches(order, global_batch, world):
             # this rank's share in micro-batches, each mean loss weighted by its share of the global batch's pairs:
             # the step is the mean over the global batch however unevenly the batch splits
-            micro = models.micro_batches(batch, rank, world, args.per_device_batch_size)
+            micro = runs.micro_batches(batch, rank, world, args.per_device_batch_size)
             optimizer.zero_grad()
             sums = Counter()
             for k, (idx, weight) in enumerate(micro):
@@ -398,15 +398,15 @@ if __name__ == "__main__":
             scheduler.step()
             step += 1
             bar.update(1)
-            logged = models.reduce_mean(dict(sums))  # the mean over ranks of the weighted sums: the global batch mean
+            logged = runs.reduce_mean(dict(sums))  # the mean over ranks of the weighted sums: the global batch mean
             writer.add_scalar("train/loss", logged.pop("loss"), step)
-            models.log_scalars(writer, logged, step)
+            runs.log_scalars(writer, logged, step)
             writer.add_scalar("charts/grad_norm", grad_norm.item(), step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/pairs_per_second", pairs_seen / (time.time() - start), step)
             if step % args.eval_every == 0 or step == num_steps:
                 ev = evaluate()
-                models.log_scalars(writer, ev, step)
+                runs.log_scalars(writer, ev, step)
                 bar.set_postfix(margin=f"{logged['rewards/margins']:.2f}", acc=f"{ev['eval/rewards/accuracies']:.2f}",
                                 **({"gold": f"{ev['eval/gold']:.2f}"} if "eval/gold" in ev else {}))
     bar.close()
@@ -431,4 +431,4 @@ if __name__ == "__main__":
         elapsed = time.time() - start
         print(summary + f", {elapsed:.0f}s training ({pairs_seen / elapsed:.3g} pairs/s) on {world} process(es), "
                         f"saved to {out_dir}")
-    models.finish(writer)
+    runs.finish(writer)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
 
-from common import data, models, sampling, scoring, task
+from common import data, models, runs, sampling, scoring, task
 
 
 @dataclass
@@ -242,8 +242,8 @@ def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temper
 
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
-    rank, world, device, dtype = models.setup_distributed(args.cuda)  # first: the rollout is shared among the processes
-    models.check_args(
+    rank, world, device, dtype = runs.setup_distributed(args.cuda)  # first: the rollout is shared among the processes
+    runs.check_args(
         args,
         positive=["num_eval_prompts", "total_episodes", "rollout_batch_size", "num_mini_batches", "num_ppo_epochs",
                   "learning_rate", "max_grad_norm", "response_length", "max_prompt_length", "temperature", "target_kl",
@@ -255,8 +255,8 @@ if __name__ == "__main__":
                ("rollout_batch_size", args.rollout_batch_size >= world * args.num_mini_batches,
                 f"at least --num-mini-batches ({args.num_mini_batches}) per process")],
     )
-    models.seed_everything(args.seed, args.torch_deterministic)
-    say = print if rank == 0 else models.quiet
+    runs.seed_everything(args.seed, args.torch_deterministic)
+    say = print if rank == 0 else runs.quiet
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
     # Prompts (read and checked before any model loads): train prompts for rollouts, held-out ones for evaluation
@@ -297,7 +297,7 @@ if __name__ == "__main__":
         value_head = None
         say(f"value network initialized from {value_init}" + ("" if from_rm else " (fresh scalar head)"))
     params = models.trainable(policy, value_head if value_model is None else value_model)
-    optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5, fused=models.fused_adam(device))
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5, fused=runs.fused_adam(device))
     torch.manual_seed(args.seed + rank)  # every process samples different responses
 
     def values_of(seq, mask, L, hidden=None):
@@ -333,11 +333,11 @@ if __name__ == "__main__":
         means = {"score": scores, "kl": kls}
         if task_prompts:
             means["gold"] = [task.gold_reward(p, t) for p, t in zip(prompts, texts)]
-        out = models.global_means(means)
-        models.log_scalars(writer, out, episodes, prefix="eval/")
+        out = runs.global_means(means)
+        runs.log_scalars(writer, out, episodes, prefix="eval/")
         return out | {"samples": list(zip(prompts[:8], texts[:8], scores[:8]))}
 
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
+    run_name, writer = runs.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate(0)  # step 0: the curves start at the base policy
     gold = f", gold {before['gold']:.3f}" if task_prompts else ""
     say(f"before training: eval score {before['score']:.3f}" + gold)
@@ -395,7 +395,7 @@ if __name__ == "__main__":
                         loss = loss + args.ptx_coef * ptx_nll
                         s["ptx"] = ptx_nll.item()
                 loss.backward()
-                models.average_gradients(params)  # data parallel by hand, before clipping (no DDP wrapper: see there)
+                runs.average_gradients(params)  # data parallel by hand, before clipping (no DDP wrapper: see there)
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
                 s |= {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(),
@@ -426,8 +426,8 @@ if __name__ == "__main__":
         if task_prompts:  # the gold reward that the score stands in for
             scalars["objective/gold"] = sum(map(task.gold_reward, prompts, r["texts"])) / len(prompts)
         scalars |= {"loss/ptx_avg": avg["ptx"]} if "ptx" in avg else {}
-        scalars = models.reduce_mean(scalars)  # averaged over processes (equal shares): beta moves alike everywhere
-        models.log_scalars(writer, scalars, episodes)
+        scalars = runs.reduce_mean(scalars)  # averaged over processes (equal shares): beta moves alike everywhere
+        runs.log_scalars(writer, scalars, episodes)
         if args.target_kl is not None:
             beta = adaptive_kl_update(beta, scalars["objective/kl"], args.target_kl, args.rollout_batch_size,
                                       args.kl_horizon)
@@ -438,9 +438,9 @@ if __name__ == "__main__":
             writer.add_text("samples", f"|prompt|response|score|\n|-|-|-|\n{rows}", episodes)
             clock["evaluation"] += time.time() - tic
 
-    cut_for_rm = models.sum_over_ranks([rm_counts["truncated for the reward model"]])[0]  # counted on every process
+    cut_for_rm = runs.sum_over_ranks([rm_counts["truncated for the reward model"]])[0]  # counted on every process
     if world > 1:  # the processes' copies must have stayed identical (same averaged gradients, same steps)
-        say(f"weights identical on the {world} processes: {models.identical_on_all_ranks(params)}")
+        say(f"weights identical on the {world} processes: {runs.identical_on_all_ranks(params)}")
     if rank == 0:  # rank 0 alone saves and reports
         for p, t, s in after["samples"][:4]:
             print(f"  {p} -> {t}  (score {s:.2f})")
@@ -457,4 +457,4 @@ if __name__ == "__main__":
               f"evaluation {clock['evaluation']:.1f}s")
         print(summary + f" KL to the reference {after['kl']:.2f} nats, {episodes} episodes in "
                         f"{time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
-    models.finish(writer)
+    runs.finish(writer)

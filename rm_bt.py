@@ -31,7 +31,7 @@ import tyro
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import data, models, task
+from common import data, models, runs, task
 
 
 @dataclass
@@ -176,7 +176,7 @@ def length_grouped_batches(lengths, batch_size, rng, world=1, group=64):
     order = rng.sample(range(len(lengths)), len(lengths))
     span = batch_size * group
     order = [i for s in range(0, len(order), span) for i in sorted(order[s : s + span], key=lambda i: lengths[i])]
-    batches = models.global_batches(order, batch_size, world)
+    batches = runs.global_batches(order, batch_size, world)
     rng.shuffle(batches)
     return batches
 
@@ -243,7 +243,7 @@ def evaluate(model, pairs, pad_id, device, args, gold_sign=None, chunk=128, rank
 
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
-    models.check_args(
+    runs.check_args(
         args,
         positive=["pairs_per_prompt", "num_train_prompts", "eval_pairs_per_prompt", "labeler_temperature", "num_epochs",
                   "per_device_batch_size", "gradient_accumulation_steps", "learning_rate", "max_length",
@@ -252,11 +252,11 @@ if __name__ == "__main__":
         rules=[("flip_rate", 0 <= args.flip_rate <= 1, "in [0, 1]"),
                ("counterexample_frac", 0 <= args.counterexample_frac <= 1, "in [0, 1]"),
                ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
-               models.prompt_length_rule(args)],
+               runs.prompt_length_rule(args)],
     )
-    rank, world, device, dtype = models.setup_distributed(args.cuda)
-    models.seed_everything(args.seed, args.torch_deterministic)
-    say = print if rank == 0 else models.quiet
+    rank, world, device, dtype = runs.setup_distributed(args.cuda)
+    runs.seed_everything(args.seed, args.torch_deterministic)
+    say = print if rank == 0 else runs.quiet
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
@@ -321,21 +321,21 @@ if __name__ == "__main__":
         say(f"labeler's ceiling on the {len(eval_rows)} eval pairs: {ceiling:.3f}")
 
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
-    num_steps = args.num_epochs * len(models.global_batches(list(range(len(train))), global_batch, world))
+    num_steps = args.num_epochs * len(runs.global_batches(list(range(len(train))), global_batch, world))
     warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(models.trainable(model), lr=lr, weight_decay=args.weight_decay,
-                                  fused=models.fused_adam(device))
-    scheduler = models.warmup_cosine(optimizer, warmup, num_steps)
+                                  fused=runs.fused_adam(device))
+    scheduler = runs.warmup_cosine(optimizer, warmup, num_steps)
 
     def log_eval(step):
         with autocast:
             ev = evaluate(model, eval_pairs, pad_id, device, args, gold_sign, rank=rank, world=world)
-        models.log_scalars(writer, ev, step, prefix="eval/")
+        runs.log_scalars(writer, ev, step, prefix="eval/")
         if ceiling is not None:
             writer.add_scalar("eval/ceiling", ceiling, step)
         return ev
 
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
+    run_name, writer = runs.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = log_eval(0)
     say(f"before training: eval loss {before['loss']:.3f}, accuracy {before['accuracy']:.3f}, learning rate {lr:g}")
     rng = random.Random(args.seed)
@@ -347,11 +347,11 @@ if __name__ == "__main__":
             pair_lengths = [max(len(p["chosen"]), len(p["rejected"])) for p in train]
             batches = length_grouped_batches(pair_lengths, global_batch, rng, world)
         else:
-            batches = models.global_batches(rng.sample(range(len(train)), len(train)), global_batch, world)
+            batches = runs.global_batches(rng.sample(range(len(train)), len(train)), global_batch, world)
         for i, idx in enumerate(batches):
             mine = idx[rank::world]
             # micro-batches weighted so that DDP's average over ranks of their summed gradients is the global batch mean
-            micro = models.micro_batches(idx, rank, world, args.per_device_batch_size)
+            micro = runs.micro_batches(idx, rank, world, args.per_device_batch_size)
             optimizer.zero_grad()
             rcs, rrs = [], []
             for k, (part, weight) in enumerate(micro):
@@ -372,12 +372,12 @@ if __name__ == "__main__":
             bar.update(1)
             rc, rr = torch.cat(rcs), torch.cat(rrs)
             m = torch.tensor([train[j]["margin"] for j in mine], device=device) if args.margin else None
-            logged = models.reduce_mean({  # means over the global batch
+            logged = runs.reduce_mean({  # means over the global batch
                 "loss/train": bradley_terry_loss(rc, rr, m, args.center_coef).item(),
                 "rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
                 "rewards/margins": (rc - rr).mean().item(), "rewards/accuracies": (rc > rr).float().mean().item(),
             }, weight=len(mine))
-            models.log_scalars(writer, logged, step)
+            runs.log_scalars(writer, logged, step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/epoch", epoch + (i + 1) / len(batches), step)
             writer.add_scalar("charts/pairs_per_second", step * global_batch / (time.time() - start), step)
@@ -388,7 +388,7 @@ if __name__ == "__main__":
     train_time = time.time() - start
 
     if rank != 0:  # rank 0 alone normalizes, saves and reports
-        models.finish(writer)
+        runs.finish(writer)
         raise SystemExit(0)
     # Normalization: a bias so that reference responses score mean 0 (Stiennon et al.; InstructGPT uses the
     # demonstrations), and with --normalize-std a gain for std 1 (lm-human-preferences). ppo_rlhf.py applies it.
@@ -414,4 +414,4 @@ if __name__ == "__main__":
                 f"{len(train) * args.num_epochs / train_time:.3g} pairs/s, {train_time:.0f}s on {world} process(es), "
                 f"saved to {out_dir}")
     print(summary)
-    models.finish(writer)
+    runs.finish(writer)

@@ -32,7 +32,7 @@ import tyro
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import data, models, task
+from common import data, models, runs, task
 
 
 @dataclass
@@ -245,8 +245,8 @@ def padded(values, K):
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
     # first: the batches are shared among the processes
-    rank, world, device, dtype = models.setup_distributed(args.cuda)
-    models.check_args(
+    rank, world, device, dtype = runs.setup_distributed(args.cuda)
+    runs.check_args(
         args,
         positive=["num_epochs", "prompts_per_batch", "learning_rate", "forward_chunk", "max_length",
                   "max_prompt_length", "eval_every", "reference_size"],
@@ -257,13 +257,13 @@ if __name__ == "__main__":
                ("pairs_per_batch", args.pairs_per_batch == 0 or args.pairs_per_batch >= world,
                 f"0 or at least one per process ({world})"),
                ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
-               models.prompt_length_rule(args)],
+               runs.prompt_length_rule(args)],
     )
     if args.shuffle_pairs and args.loss != "pairwise":
         raise SystemExit("--shuffle-pairs trains on single pairs, so it needs --loss pairwise "
                          "(Bradley-Terry on each pair)")
-    models.seed_everything(args.seed, args.torch_deterministic)
-    say = print if rank == 0 else models.quiet
+    runs.seed_everything(args.seed, args.torch_deterministic)
+    say = print if rank == 0 else runs.quiet
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
@@ -329,11 +329,11 @@ if __name__ == "__main__":
         say(f"shuffled pairs: {len(units)} pairs from {len(train_ids)} rankings, {per_step} pairs per step")
     else:
         units, per_step = list(range(len(train_ids))), args.prompts_per_batch
-    num_steps = args.num_epochs * len(models.global_batches(units, per_step, world))
+    num_steps = args.num_epochs * len(runs.global_batches(units, per_step, world))
     warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(models.trainable(model), lr=args.learning_rate, weight_decay=args.weight_decay,
-                                  fused=models.fused_adam(device))
-    scheduler = models.warmup_cosine(optimizer, warmup, num_steps)
+                                  fused=runs.fused_adam(device))
+    scheduler = runs.warmup_cosine(optimizer, warmup, num_steps)
     rng = random.Random(args.seed)
     pad_id = tokenizer.pad_token_id
 
@@ -341,12 +341,12 @@ if __name__ == "__main__":
         """On rank 0 only (the plain model, no collective): the others go on and wait at the next all-reduce."""
         with autocast:
             ev, _ = evaluate(model, eval_ids, pad_id, device, loss_fn, gold, eval_lengths, args.forward_chunk)
-        models.log_scalars(writer, ev, step, prefix="eval/")
+        runs.log_scalars(writer, ev, step, prefix="eval/")
         if ceiling is not None:
             writer.add_scalar("eval/ceiling", ceiling, step)
         return ev
 
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
+    run_name, writer = runs.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     if rank == 0:
         before = log_eval(0)
         print(f"before training: eval loss {before['loss']:.3f}, pairwise accuracy {before['accuracy']:.3f}")
@@ -355,11 +355,11 @@ if __name__ == "__main__":
     bar = tqdm(total=num_steps, desc=desc, disable=rank != 0)
     for epoch in range(args.num_epochs):
         rng.shuffle(units)  # the same order on every rank (same seed)
-        batches = models.global_batches(units, per_step, world)
+        batches = runs.global_batches(units, per_step, world)
         for b, batch in enumerate(batches):
             # this rank's share of the global batch in one pass, its loss weighted so that DDP's average over ranks is
             # the mean over the global batch's prompts (or pairs)
-            [(mine, weight)] = models.micro_batches(batch, rank, world, len(batch))
+            [(mine, weight)] = runs.micro_batches(batch, rank, world, len(batch))
             if args.shuffle_pairs:  # each pair its own example: 2 forwards per pair, a (B, 2) "ranking"
                 rankings = [[train_ids[p][i], train_ids[p][j]] for p, i, j in mine]
             else:
@@ -377,11 +377,11 @@ if __name__ == "__main__":
             bar.update(1)
             scores = scores.detach().float()
             # means over the global batch: of prompts, of ranked pairs, of completions
-            logged = models.reduce_mean({"loss/train": loss.item()}, weight=len(mine))
+            logged = runs.reduce_mean({"loss/train": loss.item()}, weight=len(mine))
             accuracy = ranking_metrics(scores, mask)["accuracy"]
-            logged |= models.reduce_mean({"rewards/accuracies": accuracy}, weight=int(_pairs(mask).sum()))
-            logged |= models.reduce_mean({"rewards/mean": scores[mask].mean().item()}, weight=int(mask.sum()))
-            models.log_scalars(writer, logged, step)
+            logged |= runs.reduce_mean({"rewards/accuracies": accuracy}, weight=int(_pairs(mask).sum()))
+            logged |= runs.reduce_mean({"rewards/mean": scores[mask].mean().item()}, weight=int(mask.sum()))
+            runs.log_scalars(writer, logged, step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/epoch", epoch + (b + 1) / len(batches), step)
             writer.add_scalar("charts/completions_per_second", sequences / (time.time() - start), step)
@@ -392,7 +392,7 @@ if __name__ == "__main__":
     train_time = time.time() - start
 
     if rank != 0:  # rank 0 alone normalizes, saves and reports
-        models.finish(writer)
+        runs.finish(writer)
         raise SystemExit(0)
     # Normalization: the loss is shift-invariant, so set a bias for mean 0 on reference responses (Stiennon et
     # al., InstructGPT), and with --normalize-std a gain for std 1 (lm-human-preferences)
@@ -420,4 +420,4 @@ if __name__ == "__main__":
                 f"{sequences / train_time:.0f} completions/s, {train_time:.0f}s on {world} process(es), "
                 f"saved to {out_dir}")
     print(summary)
-    models.finish(writer)
+    runs.finish(writer)

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from common import data, models, sampling, task
+from common import data, models, runs, sampling, task
 
 
 @dataclass
@@ -115,12 +115,12 @@ def evaluate(model, tokenizer, batches, eval_prompts, eval_queries, args, autoca
     with autocast:
         losses = [sft_loss(model(input_ids=ids, attention_mask=am).logits, ids, cm).item()
                   for ids, am, cm in batches[rank::world]]
-    out = models.global_means({"eval/loss": losses})  # a process with no batch (fewer than processes) adds nothing
+    out = runs.global_means({"eval/loss": losses})  # a process with no batch (fewer than processes) adds nothing
     if eval_prompts:
         prompts = eval_prompts[rank::world]
         queries = eval_queries[rank::world]
         responses = sampling.sample_completions(model, tokenizer, queries, args.max_new_tokens, args.temperature)
-        out |= models.global_means(task.grades(prompts, responses, prefix="eval/"))
+        out |= runs.global_means(task.grades(prompts, responses, prefix="eval/"))
         out["samples"] = list(zip(prompts[:8], responses[:8]))
     model.train()
     return out
@@ -128,18 +128,18 @@ def evaluate(model, tokenizer, batches, eval_prompts, eval_queries, args, autoca
 
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
-    models.check_args(
+    runs.check_args(
         args,
         positive=["demos_per_prompt", "num_epochs", "per_device_batch_size", "gradient_accumulation_steps",
                   "learning_rate", "max_length", "max_prompt_length", "eval_every", "max_new_tokens", "temperature"],
         non_negative=["weight_decay"],
         rules=[("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
-               models.prompt_length_rule(args)],
+               runs.prompt_length_rule(args)],
     )
     if args.model == "scratch" and args.lora.use_peft:
-        models.stop("--use-peft adapts a pretrained model: pass --model (from scratch, every weight is trained)")
-    rank, world, device, dtype = models.setup_distributed(args.cuda)
-    models.seed_everything(args.seed, args.torch_deterministic)  # the same on every rank: same init, same data order
+        runs.stop("--use-peft adapts a pretrained model: pass --model (from scratch, every weight is trained)")
+    rank, world, device, dtype = runs.setup_distributed(args.cuda)
+    runs.seed_everything(args.seed, args.torch_deterministic)  # the same on every rank: same init, same data order
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
@@ -162,7 +162,7 @@ if __name__ == "__main__":
         tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
         model = models.load_causal_lm(args.model, torch.float32, args.trust_remote_code)
     lengths = {"max_length": (96, 1024), "max_prompt_length": (32, 512)}  # (small model, pretrained model)
-    models.fit_defaults(args, model, tokenizer, (2e-3, 2e-5), lengths, print if rank == 0 else models.quiet)
+    models.fit_defaults(args, model, tokenizer, (2e-3, 2e-5), lengths, print if rank == 0 else runs.quiet)
     lr = args.learning_rate
     # --gradient-checkpointing; --use-peft: adapters on, the model's own weights frozen
     model = models.prepare(model, args.gradient_checkpointing, args.lora, dtype, device)
@@ -178,16 +178,16 @@ if __name__ == "__main__":
     eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts for sampling",
                                        rank == 0)
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
-    num_steps = args.num_epochs * len(models.global_batches(list(range(len(train))), global_batch, world))
+    num_steps = args.num_epochs * len(runs.global_batches(list(range(len(train))), global_batch, world))
     # tokens each demonstration adds to the loss (the first is never one)
     targets = [sum(mask[1:]) for _, mask in train]
     warmup = int(args.warmup_ratio * num_steps)
 
     optimizer = torch.optim.AdamW(models.trainable(model), lr=lr, weight_decay=args.weight_decay,
-                                  fused=models.fused_adam(device))
-    scheduler = models.warmup_cosine(optimizer, warmup, num_steps)
+                                  fused=runs.fused_adam(device))
+    scheduler = runs.warmup_cosine(optimizer, warmup, num_steps)
 
-    run_name, writer = models.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
+    run_name, writer = runs.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate(model, tokenizer, eval_batches, eval_prompts, eval_queries, args, autocast, rank, world)
     if rank == 0:
         gold = f", gold {before['eval/gold']:.3f}" if "eval/gold" in before else ""
@@ -198,10 +198,10 @@ if __name__ == "__main__":
     for epoch in range(args.num_epochs):
         order = list(range(len(train)))
         rng.shuffle(order)  # the same order on every rank
-        for batch in models.global_batches(order, global_batch, world):
+        for batch in runs.global_batches(order, global_batch, world):
             # this rank's share in micro-batches, each loss weighted by its share of the global batch's target tokens:
             # the step is the token mean over the global batch however unevenly the batch splits
-            micro = models.micro_batches(batch, rank, world, args.per_device_batch_size, targets)
+            micro = runs.micro_batches(batch, rank, world, args.per_device_batch_size, targets)
             optimizer.zero_grad()
             loss_sum = 0.0
             for k, (idx, weight) in enumerate(micro):
@@ -219,13 +219,13 @@ if __name__ == "__main__":
             step += 1
             bar.update(1)
             # the ranks' weighted sums averaged: the global mean
-            loss_sum = models.reduce_mean({"loss": loss_sum})["loss"]
+            loss_sum = runs.reduce_mean({"loss": loss_sum})["loss"]
             writer.add_scalar("train/loss", loss_sum, step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/tokens_per_second", tokens * world / (time.time() - start), step)
             if step % args.eval_every == 0 or step == num_steps:
                 ev = evaluate(model, tokenizer, eval_batches, eval_prompts, eval_queries, args, autocast, rank, world)
-                models.log_scalars(writer, ev, step)
+                runs.log_scalars(writer, ev, step)
                 bar.set_postfix(loss=f"{loss_sum:.3f}", eval_loss=f"{ev['eval/loss']:.3f}")
     bar.close()
 
@@ -241,4 +241,4 @@ if __name__ == "__main__":
             summary += (f", eval gold {before['eval/gold']:.3f} -> {after['eval/gold']:.3f} (best {task.BEST_GOLD}), "
                         f"states an answer {after['eval/states_answer']:.0%}, correct {after['eval/correct']:.0%}")
         print(summary + f", {time.time() - start:.0f}s on {world} process(es), saved to {out_dir}")
-    models.finish(writer)
+    runs.finish(writer)

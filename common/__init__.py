@@ -1,1 +1,2 @@
-"""The only shared code: the embedded task (task), data reading and tokenizing (data), models and runs (models)."""
+"""The only shared code: the embedded task (task), data (data), models and LoRA (models), sampling (sampling),
+reward scoring (scoring), and a run's plumbing: torchrun, flags, logs (runs)."""

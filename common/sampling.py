@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
-from common import data, models
+from common import data, models, runs
 
 
 def generate(model, **kwargs):
@@ -27,7 +27,7 @@ def stop_token_ids(tokenizer, stop_token="", model_name=""):
     vocab = tokenizer.get_vocab()
     ids = [vocab[stop_token]] if stop_token in vocab else tokenizer(stop_token, add_special_tokens=False).input_ids
     if len(ids) != 1:
-        models.stop(f"--stop-token {stop_token!r} is not one token of the tokenizer of {model_name} (it is {len(ids)})")
+        runs.stop(f"--stop-token {stop_token!r} is not one token of the tokenizer of {model_name} (it is {len(ids)})")
     return [tokenizer.eos_token_id] + ids
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from common import data, models, task
+from common import data, models, runs, task
 
 
 def _label_index(config, label, name):
@@ -62,11 +62,11 @@ def check(spec):
     if spec.endswith(".py") or ".py:" in spec:
         path = spec.rpartition(":")[0] or spec
         if not Path(path).is_file():
-            models.stop(f"--reward-model {spec}: no such file {path}")
+            runs.stop(f"--reward-model {spec}: no such file {path}")
         return
     problem = models.model_problem(spec)
     if problem:
-        models.stop(problem)
+        runs.stop(problem)
 
 
 def load(spec, policy_tokenizer, label=None, device="cpu", trust_remote_code=False, dtype=torch.float32):

@@ -22,7 +22,7 @@ import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import data, models, task  # noqa: E402
+from common import data, models, runs, task  # noqa: E402
 from rm_kwise import encode_rankings, pairwise_loss, score_rankings  # noqa: E402
 
 
@@ -68,8 +68,8 @@ def time_steps(model, optimizer, batches, pad_id, device, chunk):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    models.seed_everything(args.seed)
-    device, dtype = models.device_and_dtype(args.cuda)
+    runs.seed_everything(args.seed)
+    device, dtype = runs.device_and_dtype(args.cuda)
     tokenizer = models.load_tokenizer(args.model)
     model = models.disable_dropout(models.load_reward_model(args.model, dtype)).to(device)
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -20,7 +20,6 @@ read. --max-rss-gb stops a CPU run that grows past it (the machine may be shared
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile

@@ -143,9 +143,9 @@ def base_samples(n, seed):
     if _SAMPLES is None or len(_SAMPLES[0][1]) != n:
         import torch
 
-        from common import models, sampling, task
+        from common import models, runs, sampling, task
 
-        models.seed_everything(seed)
+        runs.seed_everything(seed)
         policy = models.load_causal_lm(models.BUNDLED_MODEL)
         tokenizer = models.load_tokenizer(models.BUNDLED_MODEL)
         prompts = task.split_prompts()[1]

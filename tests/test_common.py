@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import torch
 
-from common import data, models, sampling, task
+from common import data, models, runs, sampling, task
 from conftest import LORA_KINDS, build_checkpoint, check_lora_save, run_failing
 
 PROMPT = "Which is larger, 12 or 7?"
@@ -362,12 +362,12 @@ def test_truncate_after_stop_masks_everything_after_the_first_stop():
 # ---------------------------------------------------------------- torchrun: global batches shared among processes
 
 def test_global_batches_keep_every_item_and_give_every_process_one():
-    assert [len(b) for b in models.global_batches(list(range(33)), 16, world=2)] == [16, 17]  # 1 item would leave rank 1 idle
-    assert [len(b) for b in models.global_batches(list(range(33)), 16, world=1)] == [16, 16, 1]
-    assert [len(b) for b in models.global_batches(list(range(35)), 16, world=2)] == [16, 16, 3]
-    assert sum(models.global_batches(list(range(33)), 16, world=2), []) == list(range(33))  # in order, none dropped
+    assert [len(b) for b in runs.global_batches(list(range(33)), 16, world=2)] == [16, 17]  # 1 item would leave rank 1 idle
+    assert [len(b) for b in runs.global_batches(list(range(33)), 16, world=1)] == [16, 16, 1]
+    assert [len(b) for b in runs.global_batches(list(range(35)), 16, world=2)] == [16, 16, 3]
+    assert sum(runs.global_batches(list(range(33)), 16, world=2), []) == list(range(33))  # in order, none dropped
     with pytest.raises(ValueError, match="3 processes"):
-        models.global_batches([0, 1], 16, world=3)
+        runs.global_batches([0, 1], 16, world=3)
 
 
 @pytest.mark.parametrize("n, world, size", [(3, 2, 8), (17, 2, 8), (16, 2, 8), (7, 3, 2), (5, 1, 2)])
@@ -380,11 +380,11 @@ def test_micro_batch_weights_make_the_ddp_average_the_global_mean(n, world, size
     batch = list(range(n))
     per_item, per_token, seen = 0.0, 0.0, []
     for rank in range(world):
-        for part, w in models.micro_batches(batch, rank, world, size):
+        for part, w in runs.micro_batches(batch, rank, world, size):
             per_item += w * loss[part].mean().item() / world
             assert 0 < len(part) <= size
             seen += part
-        for part, w in models.micro_batches(batch, rank, world, size, weights=tokens):
+        for part, w in runs.micro_batches(batch, rank, world, size, weights=tokens):
             token_mean = sum(loss[i].item() * tokens[i] for i in part) / sum(tokens[i] for i in part)
             per_token += w * token_mean / world
     assert sorted(seen) == batch
@@ -393,7 +393,7 @@ def test_micro_batch_weights_make_the_ddp_average_the_global_mean(n, world, size
 
 
 def test_global_means_without_torchrun_are_plain_means_and_nan_for_nothing():
-    out = models.global_means({"a": [1.0, 2.0, 6.0], "b": [True, False], "c": []})
+    out = runs.global_means({"a": [1.0, 2.0, 6.0], "b": [True, False], "c": []})
     assert out["a"] == 3.0 and out["b"] == 0.5 and math.isnan(out["c"])
 # ---------------------------------------------------------------- LoRA (--use-peft): adapters, the reference, saving
 
@@ -497,7 +497,7 @@ def test_lora_flag_mistakes_end_in_one_line(standin):
 def test_warmup_cosine_schedule_by_hand():
     """2 warmup steps of 4: factors (s+1)/2 * (1 + cos(pi s / 4)) / 2 worked out by hand, stepped as the scripts step."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = models.warmup_cosine(optimizer, warmup=2, num_steps=4)
+    scheduler = runs.warmup_cosine(optimizer, warmup=2, num_steps=4)
     seen = []
     for _ in range(5):
         seen.append(scheduler.get_last_lr()[0])

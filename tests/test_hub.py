@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import standins
-from common import data, models
+from common import data, models, runs
 from conftest import ROOT, run_capture, run_script
 
 SMALL = ["--per-device-batch-size", "4", "--eval-every", "1000"]
@@ -179,15 +179,15 @@ def test_length_and_learning_rate_defaults_follow_the_model(hub, monkeypatch):
     lengths = {"max_length": (96, 1024), "max_prompt_length": (32, 512)}
     gpt2 = models.load_causal_lm(str(hub / "gpt2"))
     small = Args()
-    models.fit_defaults(small, gpt2, None, (1e-3, 1e-5), lengths, say=models.quiet)
+    models.fit_defaults(small, gpt2, None, (1e-3, 1e-5), lengths, say=runs.quiet)
     assert (small.learning_rate, small.max_length, small.max_prompt_length) == (1e-3, 96, 32)
     monkeypatch.setattr(models, "SMALL_MODEL", 0)  # as if it were the real 124M GPT-2
     big = Args()
-    models.fit_defaults(big, gpt2, None, (1e-3, 1e-5), {"max_length": (96, 2048), "max_prompt_length": (32, 512)}, models.quiet)
+    models.fit_defaults(big, gpt2, None, (1e-3, 1e-5), {"max_length": (96, 2048), "max_prompt_length": (32, 512)}, runs.quiet)
     assert (big.learning_rate, big.max_length, big.max_prompt_length) == (1e-5, 1024, 512)  # 2048 capped at the context
     given = Args()
     given.learning_rate, given.max_length = 0.5, 64
-    models.fit_defaults(given, gpt2, None, (1e-3, 1e-5), lengths, say=models.quiet)
+    models.fit_defaults(given, gpt2, None, (1e-3, 1e-5), lengths, say=runs.quiet)
     # --max-length 64 alone: the pretrained prompt default (512) would leave no room for the completion: half of it
     assert (given.learning_rate, given.max_length, given.max_prompt_length) == (0.5, 64, 32)
 
