@@ -245,9 +245,11 @@ def sample(model, tokenizer, queries, max_new_tokens, temperature, batch_size=64
     first EOS. Returns the texts and the batches as common/sampling.py gives them."""
     stop_ids = [tokenizer.eos_token_id]
     config = sampling.generation_config(tokenizer, stop_ids, max_new_tokens, temperature)
-    batches = [sampling.sample_responses(model, tokenizer, queries[i : i + batch_size], config, stop_ids)
-               for i in range(0, len(queries), batch_size)]
-    return [text for r in batches for text in r["texts"]], batches
+    texts, batches = [], []
+    for i in range(0, len(queries), batch_size):
+        batches.append(sampling.sample_responses(model, tokenizer, queries[i : i + batch_size], config, stop_ids))
+        texts += batches[-1]["texts"]
+    return texts, batches
 
 
 @torch.no_grad()

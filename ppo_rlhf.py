@@ -284,8 +284,9 @@ if __name__ == "__main__":
     ref_policy = models.reference_of(policy, dtype)
     reward = scoring.load(args.reward_model, tokenizer, args.reward_label, device, args.trust_remote_code, dtype)
     say("scoring with " + scoring.describe(reward))
+    value_model = value_head = None
     if args.value_head_on_policy:  # lm-human-preferences: a scalar head on the policy's trunk, zero-initialized
-        value_model, value_head = None, torch.nn.Linear(policy.config.get_text_config().hidden_size, 1).to(device)
+        value_head = torch.nn.Linear(policy.config.get_text_config().hidden_size, 1).to(device)
         torch.nn.init.zeros_(value_head.weight)
         torch.nn.init.zeros_(value_head.bias)
     else:  # a separate network (Stiennon): from the reward model if it reads the policy's tokens, else from the policy
@@ -294,7 +295,6 @@ if __name__ == "__main__":
         value_model = models.load_reward_model(value_init, torch.float32, args.trust_remote_code)
         value_model = models.disable_dropout(value_model)  # --use-peft: adapters and head trained
         value_model = models.prepare(value_model, args.gradient_checkpointing, args.lora, dtype, device)
-        value_head = None
         say(f"value network initialized from {value_init}" + ("" if from_rm else " (fresh scalar head)"))
     params = models.trainable(policy, value_head if value_model is None else value_model)
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5, fused=runs.fused_adam(device))
@@ -425,7 +425,8 @@ if __name__ == "__main__":
         }
         if task_prompts:  # the gold reward that the score stands in for
             scalars["objective/gold"] = sum(map(task.gold_reward, prompts, r["texts"])) / len(prompts)
-        scalars |= {"loss/ptx_avg": avg["ptx"]} if "ptx" in avg else {}
+        if "ptx" in avg:
+            scalars["loss/ptx_avg"] = avg["ptx"]
         scalars = runs.reduce_mean(scalars)  # averaged over processes (equal shares): beta moves alike everywhere
         runs.log_scalars(writer, scalars, episodes)
         if args.target_kl is not None:
