@@ -83,7 +83,6 @@ def sample_completions(model, tokenizer, queries, max_new_tokens=64, temperature
     return texts
 
 
-
 def response_logprobs(model, seq, mask, context_length, temperature, hidden=False):
     """(logprobs, entropy, last_hidden) of the response tokens seq[:, context_length:], each (B, T): the same code
     for policy, reference and old policy, logits / temperature (else KL and ratios are wrong), position ids
