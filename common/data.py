@@ -22,14 +22,13 @@ what is truncated is counted and reported.
 
 import hashlib
 import json
-import os
 import random
 from collections import Counter
 from pathlib import Path
 
 import torch
 
-from common import task
+from common import models, task
 
 FORMATS = {
     "prompt": '{"prompt"}, {"messages"}, {"instruction"}, or any pairwise, SFT or K-wise row (its prompt)',
@@ -87,8 +86,10 @@ def open_dataset(name, config=None):
     try:
         d = datasets.load_dataset(str(path) if path.exists() else name, config)
     except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or isinstance(e, ConnectionError)
-        hint = "the hub is not reachable from here (offline)" if offline else str(e).splitlines()[0]
+        set_to = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if models.offline_variable(v)]
+        hint = str(e).splitlines()[0]
+        if set_to or isinstance(e, ConnectionError):
+            hint = f"{' and '.join(set_to)} is set (offline)" if set_to else "the hub is not reachable from here"
         raise DataError(f"--dataset {name}: not a local file or folder, and not found on the hub: {hint}") from None
     except ValueError as e:  # e.g. a config that does not exist: datasets names the ones that do
         raise DataError(f"--dataset {name}: {str(e).splitlines()[0]}") from None
@@ -134,19 +135,98 @@ def load_prompts(dataset, config=None, train_split="train", test_split=None, num
     return train, (evals or train[:64])[:num_eval]
 
 
+def _ratings(rec):
+    """([(prompt, response, {attribute: rating or None})], error) from one record of rated responses: a flat row
+    {"prompt", "response", <attribute>: number, ...} (nvidia/HelpSteer2), or {"instruction", "completions":
+    [{"response", "annotations": {<attribute>: {"Rating": "1".."5" or "N/A"}}}]} (openbmb/UltraFeedback; "N/A" is
+    missing)."""
+    if not isinstance(rec, dict):
+        return None, f"expected a JSON object, got {type(rec).__name__}"
+    prompt = rec["prompt"] if "prompt" in rec else rec.get("instruction")
+    if "completions" not in rec:
+        ratings = {k: v for k, v in rec.items() if k not in ("prompt", "response") and (_is_number(v) or v is None)}
+        if "response" not in rec or not ratings:
+            return None, (f'expected {{"prompt", "response", <attribute>: number, ...}} or UltraFeedback\'s '
+                          f'{{"instruction", "completions"}}; it has keys {sorted(rec)}')
+        return [(prompt, rec["response"], ratings)], None
+    out = []
+    for i, c in enumerate(rec["completions"] if isinstance(rec["completions"], list) else [None]):
+        notes = c.get("annotations") if isinstance(c, dict) else None
+        if not isinstance(notes, dict):
+            return None, f"field 'completions[{i}]': expected {{\"response\", \"annotations\": {{...}}}}"
+        ratings = {}
+        for name, note in notes.items():
+            value = note.get("Rating") if isinstance(note, dict) else None
+            if value == "N/A":
+                ratings[name] = None
+            elif isinstance(value, str) and value.strip().lstrip("-").replace(".", "", 1).isdigit():
+                ratings[name] = float(value)
+            else:
+                return None, f"field 'completions[{i}].annotations.{name}.Rating': expected \"1\"..\"5\" or \"N/A\""
+        out.append((prompt, c.get("response"), ratings))
+    return out, None
+
+
+def load_ratings(dataset, config=None, train_split="train", test_split=None, eval_frac=0.05, verbose=True):
+    """(train_rows, eval_rows, attributes): rated responses {"prompt", "response", "ratings": {attribute: number or
+    None}} of every attribute (one missing from a row is None, counted), split as load_rows splits."""
+    splits = open_dataset(dataset, config)
+    for flag, split in (("--dataset-train-split", train_split), ("--dataset-test-split", test_split)):
+        if split is not None and split not in splits:
+            raise DataError(f"{flag} {split}: {dataset} has no such split; its splits are {', '.join(splits)}")
+    if test_split is None:
+        test_split = next((s for s in ("test", "validation") if s in splits and s != train_split), None)
+    read, errors, attributes = {}, [], {}
+    for split in (train_split, test_split):
+        read[split] = []
+        for where, rec in splits.get(split, []):
+            items, error = _ratings(rec)
+            for prompt, response, _ in items or []:
+                error = error or _text_error(prompt) and f"field 'prompt': {_text_error(prompt)}"
+                error = error or _text_error(response) and f"field 'response': {_text_error(response)}"
+            if error:
+                errors.append(f"{where}: {error}")
+                continue
+            for prompt, response, ratings in items:
+                attributes |= dict.fromkeys(ratings)
+                read[split].append({"prompt": prompt, "response": response, "ratings": ratings})
+    if errors:
+        more = f"\n... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        raise DataError(f"{len(errors)} bad row(s) in {dataset}:\n" + "\n".join(errors[:10]) + more)
+    train, evals = read[train_split], read[test_split] if test_split is not None else None
+    if not train:
+        raise DataError(f"--dataset {dataset}: no rated responses in split {train_split}")
+    if evals is None:
+        train, evals = split_by_prompt(train, eval_frac)
+    missing = 0
+    for row in train + evals:
+        missing += sum(row["ratings"].get(a) is None for a in attributes)
+        row["ratings"] = {a: row["ratings"].get(a) for a in attributes}
+    if verbose:
+        print(f"{dataset}: {len(train)} rated responses to train on, {len(evals)} for evaluation; attributes "
+              f"{', '.join(attributes)}; {missing} ratings missing (N/A or absent)")
+    return train, evals, list(attributes)
+
+
 def split_by_prompt(rows, eval_frac=0.05):
-    """(train, eval): a row goes to eval when a hash of its prompt says so, so no prompt is in both."""
-    def is_eval(row):
+    """(train, eval): a row goes to eval when a hash of its prompt falls in the lowest eval_frac of the hash range, so
+    no prompt is in both. Where that holds out none but there are two prompts or more, the prompt lowest in hash order
+    is held out (a small dataset still gets an eval split); one prompt alone, or eval_frac 0, holds out nothing."""
+    def position(row):
         h = hashlib.sha1(json.dumps(row["prompt"], sort_keys=True).encode()).digest()
-        return int.from_bytes(h[:4], "big") < eval_frac * 2**32
-    return [r for r in rows if not is_eval(r)], [r for r in rows if is_eval(r)]
+        return int.from_bytes(h[:4], "big")
+    at = [position(r) for r in rows]
+    cut = eval_frac * 2**32 if len(set(at)) > 1 else 0  # one prompt: it cannot be both trained and held out
+    if eval_frac > 0 and len(set(at)) > 1 and min(at) >= cut:
+        cut = min(at) + 1
+    return [r for r, p in zip(rows, at) if p >= cut], [r for r, p in zip(rows, at) if p < cut]
 
 
 def check_eval_rows(rows, dataset, what):
     """Stop when a dataset leaves nothing to evaluate on: so few prompts that none of them was held out."""
     if not rows:
-        raise DataError(f"--dataset {dataset} has no eval {what} (none of its prompts fell in the 5% held out): "
-                        "give it more prompts or a --dataset-test-split")
+        raise DataError(f"--dataset {dataset} has no eval {what} (all its rows share one prompt, which cannot be "
+                        "both trained on and held out): give it more prompts or a --dataset-test-split")
 
 
 def reference_rows(reference, auto_rows, size, seed, verbose=True):

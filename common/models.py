@@ -31,6 +31,11 @@ def resolve(name):
     return name
 
 
+def offline_variable(name):
+    """Whether an environment variable that turns huggingface_hub's offline mode on is set to a true value."""
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
 def model_problem(name):
     """Why name will not load, found before transformers tries (a traceback, or 48 s of retries without a network):
     a path that does not exist or holds no model, a hub name neither in the local cache nor reachable; None when
@@ -46,7 +51,9 @@ def model_problem(name):
         return None  # in the cache: it loads, online or not
     missing = f"{name}: no such local directory, and not a model in the Hugging Face cache"
     if is_offline_mode():
-        return f"{missing}; HF_HUB_OFFLINE is set, so the hub is not asked: download it first, or check the name"
+        names = " and ".join(v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if offline_variable(v))
+        return (f"{missing}; {names or 'offline mode'} is set, so the hub is not asked: download it first, "
+                "or check the name")
     try:  # one request, without retries: can the hub be reached at all?
         get_hf_file_metadata(hf_hub_url(name, "config.json"), timeout=10)
     except HfHubHTTPError:

@@ -52,10 +52,14 @@ CASES = {
     "a directory that holds no model": (
         "dpo.py", ["--model", "."], {}, [".: not a model directory (no config.json in it)"]),
     "a hub model, offline and not cached": (
-        "rm_bt.py", ["--model", "gpt2"], {**EMPTY_CACHE, "HF_HUB_OFFLINE": "1"},
+        "rm_bt.py", ["--model", "gpt2"], {**EMPTY_CACHE, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": None},
         ["gpt2: no such local directory, and not a model in the Hugging Face cache; HF_HUB_OFFLINE is set"]),
+    "a hub model, offline through transformers' variable": (  # huggingface_hub reads TRANSFORMERS_OFFLINE as well
+        "rm_bt.py", ["--model", "gpt2"], {**EMPTY_CACHE, "HF_HUB_OFFLINE": None, "TRANSFORMERS_OFFLINE": "1"},
+        ["gpt2: no such local directory, and not a model in the Hugging Face cache; TRANSFORMERS_OFFLINE is set"]),
     "a hub model, the hub unreachable and not cached": (  # a closed local port stands for no network: one quick refusal
-        "rm_kwise.py", ["--model", "gpt2"], {**EMPTY_CACHE, "HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"},
+        "rm_kwise.py", ["--model", "gpt2"],
+        {**EMPTY_CACHE, "HF_HUB_OFFLINE": None, "TRANSFORMERS_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"},
         ["gpt2: no such local directory, and not a model in the Hugging Face cache, and the hub is not reachable"]),
     "a stop token the tokenizer does not have": (
         "ppo_rlhf.py", ["--stop-token", "<nope>"], {},
@@ -115,12 +119,12 @@ def test_expected_warnings_are_replaced_by_one_line(tmp_path):
 # ---------------------------------------------------------------- the user's data: checked before any model loads
 
 def _files(d):
-    """The data files a user gets wrong: empty, too small to hold out an eval split, not JSON, conversations for a
+    """The data files a user gets wrong: empty, one prompt (nothing to hold out), not JSON, conversations for a
     tokenizer without a chat template, English text for the bundled model's word-level vocabulary."""
     (d / "empty.jsonl").write_text("")
     three = [{"prompt": f"Which is larger, {i} or 7?", "completion": "It is 7.", "chosen": "It is 7.", "rejected": "It is 1.",
               "completions": ["It is 7.", "It is 1."]} for i in range(3)]
-    (d / "three.jsonl").write_text("".join(json.dumps(r) + "\n" for r in three))
+    (d / "one_prompt.jsonl").write_text("".join(json.dumps(r | {"prompt": three[0]["prompt"]}) + "\n" for r in three))
     (d / "bad.jsonl").write_text(json.dumps(three[0]) + "\n{oops\n" + json.dumps(three[1]) + "\nnot json\n[1, \n")
     chat = [{"prompt": [{"role": "user", "content": f"Which is larger, {i} or 7?"}], "chosen": "It is 7.", "rejected": "It is 1."}
             for i in range(200)]
@@ -133,9 +137,9 @@ def _files(d):
 DATA_CASES = {
     "an empty file (sft)": ("sft.py", ["--dataset", "empty.jsonl"], ["--dataset empty.jsonl: no rows in split train (the file is empty)"]),
     "an empty file (ppo)": ("ppo_rlhf.py", ["--dataset", "empty.jsonl"], ["--dataset empty.jsonl: no rows in split train"]),
-    "three rows (sft)": ("sft.py", ["--dataset", "three.jsonl"], ["--dataset three.jsonl has no eval demonstrations"]),
-    "three rows (rm_bt)": ("rm_bt.py", ["--dataset", "three.jsonl"], ["--dataset three.jsonl has no eval pairs"]),
-    "three rows (rm_kwise)": ("rm_kwise.py", ["--dataset", "three.jsonl"], ["--dataset three.jsonl has no eval rankings"]),
+    "one prompt (sft)": ("sft.py", ["--dataset", "one_prompt.jsonl"], ["--dataset one_prompt.jsonl has no eval demonstrations"]),
+    "one prompt (rm_bt)": ("rm_bt.py", ["--dataset", "one_prompt.jsonl"], ["--dataset one_prompt.jsonl has no eval pairs"]),
+    "one prompt (rm_kwise)": ("rm_kwise.py", ["--dataset", "one_prompt.jsonl"], ["one_prompt.jsonl has no eval rankings"]),
     "a mistyped path": ("dpo.py", ["--dataset", "./paris.jsonl"], ["--dataset ./paris.jsonl: no such file or folder"]),
     "a hub dataset offline": ("ppo_rlhf.py", ["--dataset", "someone/prompts"],
                               ["--dataset someone/prompts: not a local file or folder, and not found on the hub"]),
