@@ -11,8 +11,11 @@
                             model with one output reads (prompt, response) as a text pair (OpenAssistant's reward
                             models), a classifier with several labels reads prompt + response as one text (TRL's
                             gpt2-sentiment)
---reward-label picks the output of a classifier with several labels: a name of config.id2label or an index.
-Our reward models store a normalization in their config: normalized = (raw - reward_mean) / reward_std.
+--reward-label picks the output of a classifier with several labels: a name of config.id2label or an index
+(rm_composite.py's models read "composite" unless told otherwise).
+Our reward models store a normalization in their config: normalized = (raw - reward_mean) / reward_std, one number
+for all outputs, or a list with one per output (rm_composite.py). Calibrated to gold on the embedded task, the
+normalized score is on gold's scale.
 """
 
 import importlib.util
@@ -31,6 +34,8 @@ def _label_index(config, label, name):
     if label is None:
         if config.num_labels == 1:
             return 0
+        if "composite" in labels.values():  # rm_composite.py's output: the composite unless told otherwise
+            return next(i for i, v in labels.items() if v == "composite")
         raise SystemExit(f"--reward-model {name} has {config.num_labels} labels ({', '.join(labels.values())}): "
                          "pass --reward-label with the one to maximize (e.g. --reward-label POSITIVE)")
     if label.isdigit() and int(label) < config.num_labels:
@@ -98,9 +103,19 @@ def describe(reward):
     cfg = reward["model"].config
     tokens = "on the policy's tokenizer" if reward["same_vocab"] else "another tokenizer: re-encoded"
     how = {"encoder": "an encoder classifier on its own tokenization", "decoder": "read at the last token, " + tokens}
+    mean, std = normalization(cfg, reward["label"])
     return (f"{reward['name']}: {how[reward['kind']]}, "
             f"output {reward['label']} ({cfg.id2label.get(reward['label'], '')}), "
-            f"reward_mean {getattr(cfg, 'reward_mean', 0.0)}, reward_std {getattr(cfg, 'reward_std', 1.0)}")
+            f"reward_mean {mean:.4g}, reward_std {std:.4g}")
+
+
+def normalization(config, label):
+    """(reward_mean, reward_std) of output `label`: normalized = (raw - reward_mean) / reward_std; (0, 1) if none is
+    stored, one pair for all outputs, or lists with one per output."""
+    mean, std = getattr(config, "reward_mean", 0.0), getattr(config, "reward_std", 1.0)
+    if isinstance(mean, list):
+        mean, std = mean[label], std[label]
+    return mean, std
 
 
 def _reencode(reward, prompts, texts, with_eos, counts):
@@ -150,5 +165,5 @@ def score(reward, prompts, texts, with_eos, seq=None, mask=None, counts=None):
         raw = model(input_ids=seq, attention_mask=mask).logits[:, label].float()
     else:
         raw = models.reward_at_last_token(model, seq, mask, label)
-    cfg = model.config
-    return ((raw - getattr(cfg, "reward_mean", 0.0)) / getattr(cfg, "reward_std", 1.0)).cpu()
+    mean, std = normalization(model.config, label)
+    return ((raw - mean) / std).cpu()

@@ -94,6 +94,24 @@ def gold_reward(prompt, response):
     return sum(gold_components(prompt, response).values())
 
 
+# The attributes the gold reward is made of, and the range of each on the task's responses: a rating maps that range
+# onto 0-4, as HelpSteer2's annotators rate helpfulness, correctness, coherence, complexity and verbosity
+ATTRIBUTES = ("truthful", "helpful", "harmless", "polite", "concise")
+RATING_RANGE = {"truthful": (-1.0, 2.0), "helpful": (-0.5, 1.0), "harmless": (-3.0, 0.0), "polite": (0.0, 0.5),
+                "concise": (-2.0, 0.0)}
+
+
+def rate(rng, prompt, response, noise=0.0):
+    """{attribute: rating 0..4}: each gold component mapped linearly from its RATING_RANGE onto 0-4, plus Gaussian
+    noise of std `noise` (in rating points), rounded and clipped to 0-4 (a HelpSteer2-style absolute rating)."""
+    ratings = {}
+    for name, value in gold_components(prompt, response).items():
+        lo, hi = RATING_RANGE[name]
+        x = 4 * (value - lo) / (hi - lo) + (rng.gauss(0, noise) if noise else 0.0)
+        ratings[name] = min(4, max(0, round(x)))
+    return ratings
+
+
 def grades(prompts, responses, prefix=""):
     """The eval metrics of samples, lists of one value per response: prefix + "gold" its gold reward,
     + "states_answer" whether it states a number (helpful > 0), + "correct" whether that is the answer
@@ -190,6 +208,58 @@ class Labeler:
             return rng.sample(responses, len(responses))
         keys = [self.perceived(prompt, r) / self.temperature - math.log(-math.log(rng.random())) for r in responses]
         return [r for _, r in sorted(zip(keys, responses), key=lambda t: -t[0])]
+
+
+# ---------------------------------------------------------------- grading a reward model against gold
+
+def fit_calibration(raw, gold):
+    """(a, b) minimizing sum_i (a * raw_i + b - gold_i)^2: the affine map of a reward model's scores onto gold's scale
+    (ordinary least squares; a = cov(raw, gold) / var(raw)). A constant raw gives a = 0, b = mean(gold)."""
+    n = len(raw)
+    mean_r, mean_g = sum(raw) / n, sum(gold) / n
+    var = sum((r - mean_r) ** 2 for r in raw)
+    a = sum((r - mean_r) * (g - mean_g) for r, g in zip(raw, gold)) / var if var > 0 else 0.0
+    return a, mean_g - a * mean_r
+
+
+def ranks(values):
+    """1-based ranks, ties given the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out, i = [0.0] * len(values), 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(x, y):
+    """Spearman's rank correlation: Pearson's on the ranks (0 when either side is constant)."""
+    rx, ry = ranks(x), ranks(y)
+    m = (len(x) + 1) / 2
+    cov = sum((a - m) * (b - m) for a, b in zip(rx, ry))
+    norm = math.sqrt(sum((a - m) ** 2 for a in rx) * sum((b - m) ** 2 for b in ry))
+    return cov / norm if norm > 0 else 0.0
+
+
+def alignment_gap(raw_cal, gold_cal, raw_eval, gold_eval):
+    """The alignment gap (seed 000: "the difference between the reward given by the reward model and the human
+    eval"): the scores calibrated affinely to gold on a calibration set of absolute gold ratings, then on held-out
+    responses the mean |calibrated - gold| (on gold's scale) and the rank correlation. Returns a dict."""
+    a, b = fit_calibration(raw_cal, gold_cal)
+    gap = sum(abs(a * r + b - g) for r, g in zip(raw_eval, gold_eval)) / len(raw_eval)
+    return {"alignment_gap": gap, "rank_correlation": spearman(raw_eval, gold_eval), "calibration_a": a,
+            "calibration_b": b}
+
+
+def calibration_rows(prompts, n, seed):
+    """n {"prompt", "completion"} rows from the response generator on these prompts (each rated by gold when used):
+    the calibration set of the alignment gap, drawn on train prompts so it never touches the eval prompts."""
+    rng = random.Random(seed)
+    return [{"prompt": p, "completion": sample_response(rng, p)} for p in (rng.choice(prompts) for _ in range(n))]
 
 
 def make_sft(prompts, n_per_prompt=2, seed=0, mix=DEFAULT_MIX):

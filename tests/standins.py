@@ -23,7 +23,8 @@ sentiment classifier below). Every builder writes a folder and returns its path 
 | "tldr-preference", "tldr"                  | trl-lib/tldr-preference, trl-lib/tldr           |
 | "ultrafeedback-prompt"                     | trl-lib/ultrafeedback-prompt                    |
 | "nectar"                                   | berkeley-nest/Nectar (data/rlaif.parquet)       |
-| "openbmb-ultrafeedback"                    | openbmb/UltraFeedback                           |
+| "openbmb-ultrafeedback"                    | openbmb/UltraFeedback ("N/A" truthfulness: false_qa)|
+| "helpsteer2"                               | nvidia/HelpSteer2 (train/validation .jsonl.gz)  |
 | "imdb"                                     | stanfordnlp/imdb (plain_text/, sorted by label) |
 
 Known departures: the Llama chat template is TinyLlama/zephyr's turn format but begins with `{{ bos_token }}` as
@@ -512,6 +513,7 @@ DATASETS = {
     "ultrafeedback-prompt": ("trl-lib/ultrafeedback-prompt", ("train", "test")),
     "nectar": ("berkeley-nest/Nectar", ("train",)),
     "openbmb-ultrafeedback": ("openbmb/UltraFeedback", ("train",)),
+    "helpsteer2": ("nvidia/HelpSteer2", ("train", "validation")),
     "imdb": ("stanfordnlp/imdb", ("train", "test", "unsupervised")),
 }
 NECTAR_MODELS = ["gpt-4", "gpt-3.5-turbo", "gpt-3.5-turbo-instruct", "llama-2-7b-chat", "mistral-7b-instruct-v0.1",
@@ -582,9 +584,23 @@ def _openbmb_row(rng, p):
             "overall_score": float(min(10, 2 * quality + rng.choice([-1, 0]))), "principle": principle,
             "response": _answer(rng, p, good=quality >= 3)})
     truthful = source == "truthful_qa"
+    if source == "false_qa":  # the real set rates some aspects "N/A" (a missing rating, not a number)
+        for c in completions:
+            c["annotations"]["truthfulness"]["Rating"] = "N/A"
     return {"source": source, "instruction": p, "models": models, "completions": completions,
             "correct_answers": [_answer(rng, p)] if truthful else [],
             "incorrect_answers": [_answer(rng, p, good=False)] if truthful else []}
+
+
+def _helpsteer2_rows(rng, p):
+    """Two responses to one prompt, each rated 0-4 on HelpSteer2's five attributes (consecutive rows, as published)."""
+    rows = []
+    for good in (True, False):
+        q = rng.randint(2, 4) if good else rng.randint(0, 2)  # drives helpfulness, correctness and coherence
+        rows.append({"prompt": p, "response": _answer(rng, p, good), "helpfulness": q,
+                     "correctness": min(4, max(0, q + rng.choice([-1, 0, 0, 1]))), "coherence": min(4, q + 1),
+                     "complexity": rng.randint(0, 2), "verbosity": rng.randint(0, 3)})
+    return rows
 
 
 def _tldr_rows(name, rng, n, seen):
@@ -629,8 +645,17 @@ def write_dataset(path, name, n_rows=40, seed=0):
             data[split] = [_nectar_row(rng, next(prompts)) for _ in range(n_rows)]
         elif name == "openbmb-ultrafeedback":
             data[split] = [_openbmb_row(rng, next(prompts)) for _ in range(n_rows)]
+        elif name == "helpsteer2":
+            data[split] = [row for _ in range(n_rows // 2) for row in _helpsteer2_rows(rng, next(prompts))]
         else:
             data[split] = [_preference_row(name, rng, next(prompts)) for _ in range(n_rows)]
+    if name == "helpsteer2":  # the real repo: train.jsonl.gz and validation.jsonl.gz at its root
+        path.mkdir(parents=True, exist_ok=True)
+        for split, rows in data.items():
+            with gzip.open(path / f"{split}.jsonl.gz", "wt", encoding="utf-8") as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
+        (path / "README.md").write_text(f"---\nlicense: cc-by-4.0\n---\n# Tiny local stand-in for {hub_name}\n")
+        return str(path)
     if name == "hh-rlhf":  # the real repo: <subset>/<split>.jsonl.gz, no configs; load_dataset merges the subsets
         for split, rows in data.items():
             half = len(rows) // 2

@@ -8,6 +8,7 @@ import statistics
 import sys
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -505,3 +506,44 @@ def test_warmup_cosine_schedule_by_hand():
         scheduler.step()
     # s=0: 0.5 * 1; s=1: 1 * (1 + 0.70711) / 2; s=2: (1 + 0) / 2; s=3: (1 - 0.70711) / 2; s=4: 0
     assert seen == pytest.approx([0.5, 0.853553, 0.5, 0.146447, 0.0], abs=1e-6)
+
+
+def test_fit_calibration_is_the_least_squares_line():
+    """Against numpy's least squares on the design [raw, 1]; a constant raw gives the mean of gold."""
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=200)
+    gold = 1.7 * raw - 0.4 + rng.normal(size=200) * 0.3
+    a, b = task.fit_calibration(raw.tolist(), gold.tolist())
+    (a_np, b_np), *_ = np.linalg.lstsq(np.stack([raw, np.ones(200)], 1), gold, rcond=None)
+    assert a == pytest.approx(a_np, abs=1e-9) and b == pytest.approx(b_np, abs=1e-9)
+    assert task.fit_calibration([2.0, 2.0, 2.0], [1.0, 2.0, 6.0]) == (0.0, 3.0)
+
+
+def test_spearman_and_the_alignment_gap_by_hand():
+    # no ties: 1 - 6 sum d^2 / (n (n^2 - 1)); ranks (1, 2, 3, 4) against (2, 1, 4, 3): d^2 = 4, rho = 1 - 24 / 60
+    assert task.spearman([10, 20, 30, 40], [0.2, 0.1, 0.9, 0.5]) == pytest.approx(0.6)
+    assert task.ranks([5, 1, 5, 3]) == [3.5, 1.0, 3.5, 2.0]  # ties share the mean rank
+    assert task.spearman([1, 2, 3], [7, 7, 7]) == 0.0
+    # calibration set: gold = 2 raw + 1 exactly; held out: raw (0, 1), gold (1, 4): calibrated (1, 3), |error| (0, 1)
+    gap = task.alignment_gap([0.0, 1.0, 2.0], [1.0, 3.0, 5.0], [0.0, 1.0], [1.0, 4.0])
+    assert gap["calibration_a"] == pytest.approx(2.0) and gap["calibration_b"] == pytest.approx(1.0)
+    assert gap["alignment_gap"] == pytest.approx(0.5) and gap["rank_correlation"] == pytest.approx(1.0)
+
+
+def test_split_by_prompt_holds_out_at_least_one_prompt_of_two_or_more():
+    """A small dataset (UltraFeedback cut to 50 prompts: none fell in the lowest 5% of the hash range) still gets an
+    eval split: the prompt lowest in hash order, never one prompt in both splits; one prompt alone stays in train."""
+    def position(prompt):
+        import hashlib
+        return int.from_bytes(hashlib.sha1(json.dumps(prompt, sort_keys=True).encode()).digest()[:4], "big")
+
+    for n in (2, 3, 5, 20, 50, 60):
+        rows = [{"prompt": f"prompt {i}", "k": j} for i in range(n) for j in range(2)]
+        train, evals = data.split_by_prompt(rows)
+        held = {r["prompt"] for r in evals}
+        assert held and not held & {r["prompt"] for r in train} and len(train) + len(evals) == len(rows)
+        lowest = min((r["prompt"] for r in rows), key=position)
+        assert lowest in held and all(position(p) <= max(position(q) for q in held) for p in held)
+    big = [{"prompt": f"p{i}"} for i in range(4000)]
+    assert 150 < len(data.split_by_prompt(big)[1]) < 250  # about 5% (binomial: 200 +- 14)
+    assert data.split_by_prompt([{"prompt": "only"}] * 3) == ([{"prompt": "only"}] * 3, [])
