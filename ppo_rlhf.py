@@ -227,19 +227,6 @@ def demonstration_nll(policy, demos, pad_id):
     return -masked_mean(logp, completion_mask[:, 1:].float())
 
 
-# ---------------------------------------------------------------- rollouts
-
-@torch.no_grad()
-def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temperature):
-    """Sample one response per query (lists of ids), cut after its first stop token, and read its tokens' log-probs
-    under policy and reference at the sampling temperature (common/sampling.py)."""
-    r = sampling.sample_responses(policy, tokenizer, queries, gen_config, stop_ids)
-    seq, mask, L = r["seq"], r["mask"], r["context_length"]
-    r["logprobs"] = sampling.response_logprobs(policy, seq, mask, L, temperature)[0]
-    r["ref_logprobs"] = sampling.response_logprobs(ref_policy, seq, mask, L, temperature)[0]
-    return r
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
     rank, world, device, dtype = runs.setup_distributed(args.cuda)  # first: the rollout is shared among the processes
@@ -320,22 +307,11 @@ if __name__ == "__main__":
     minibatch_size = local_batch // args.num_mini_batches
 
     def evaluate(episodes):
-        """Samples on held-out prompts, a share per process (perhaps none): means of score, sequence KL (k1), gold."""
-        prompts, queries = eval_prompts[rank::world], eval_queries[rank::world]
-        scores, kls, texts, B = [], [], [], args.rollout_batch_size
-        for i in range(0, len(queries), B):
-            with autocast:
-                r = rollout(policy, ref_policy, tokenizer, queries[i : i + B], gen_config, stop_ids, args.temperature)
-                batch_scores = scoring.score(reward, prompts[i : i + B], r["texts"], r["with_eos"], r["seq"], r["mask"])
-                scores += batch_scores.tolist()
-            kls += ((r["logprobs"] - r["ref_logprobs"]) * r["resp_mask"]).sum(1).tolist()
-            texts += r["texts"]
-        means = {"score": scores, "kl": kls}
-        if task_prompts:
-            means["gold"] = [task.gold_reward(p, t) for p, t in zip(prompts, texts)]
-        out = runs.global_means(means)
-        runs.log_scalars(writer, out, episodes, prefix="eval/")
-        return out | {"samples": list(zip(prompts[:8], texts[:8], scores[:8]))}
+        """Samples on held-out prompts (common/sampling.py): means of score, sequence KL, gold; the first samples."""
+        out = sampling.evaluate_policy(policy, ref_policy, tokenizer, reward, eval_prompts, eval_queries, gen_config,
+                                       stop_ids, args.temperature, args.rollout_batch_size, task_prompts, autocast)
+        runs.log_scalars(writer, {k: v for k, v in out.items() if k != "samples"}, episodes, prefix="eval/")
+        return out
 
     run_name, writer = runs.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate(0)  # step 0: the curves start at the base policy
@@ -359,7 +335,7 @@ if __name__ == "__main__":
         tic = time.time()
         with torch.no_grad(), autocast:
             queries = [train_queries[i] for i in idx]
-            r = rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, args.temperature)
+            r = sampling.rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, args.temperature)
             seq, mask, L, resp_mask = r["seq"], r["mask"], r["context_length"], r["resp_mask"]
             values = values_of(seq, mask, L) * resp_mask
             scores = scoring.score(reward, prompts, r["texts"], r["with_eos"], seq, mask, rm_counts).to(device)
@@ -424,7 +400,10 @@ if __name__ == "__main__":
             "charts/generated_tokens_per_second": sampled_tokens / clock["generation"],
         }
         if task_prompts:  # the gold reward that the score stands in for
-            scalars["objective/gold"] = sum(map(task.gold_reward, prompts, r["texts"])) / len(prompts)
+            gold = torch.tensor([task.gold_reward(p, t) for p, t in zip(prompts, r["texts"])])
+            scalars["objective/gold"] = gold.mean().item()
+            if reward["kind"] != "gold":  # rising: the policy finds the reward model's errors (seed 000)
+                scalars["objective/alignment_gap"] = (scores.cpu() - gold).mean().item()
         if "ptx" in avg:
             scalars["loss/ptx_avg"] = avg["ptx"]
         scalars = runs.reduce_mean(scalars)  # averaged over processes (equal shares): beta moves alike everywhere

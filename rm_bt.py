@@ -7,6 +7,8 @@ the loss makes the chosen response score above the rejected one:
 with an optional per-pair margin m (Llama 2) and an optional centering term (Eisenstein et al. 2023).
 After one epoch the reward gets a bias (and with --normalize-std a gain) so that reference responses score
 mean 0 (std 1), stored in the saved config as reward_mean / reward_std: normalized = (raw - reward_mean) / reward_std.
+On the embedded task the normalization is instead the affine calibration to gold (--calibration-size), and the
+alignment gap, mean |calibrated reward - gold| on held-out responses, is logged as eval/alignment_gap (seed 000).
     python rm_bt.py                                                  # embedded task, bundled base policy (CPU, minutes)
     python rm_bt.py --length-bias 0.3                                # a labeler that likes long answers
     python rm_bt.py --length-bias 0.3 --counterexample-frac 0.3      # ... and the fix: curated counterexamples
@@ -78,6 +80,9 @@ class Args:
     """embedded task only: fraction of labels the labeler flips at random"""
     length_bias: float = 0.0
     """embedded task only: the labeler perceives gold + length_bias * words (0.3: long answers win most comparisons)"""
+    extra_pairs: str = ""
+    """embedded task only: a .jsonl/.json file of {"prompt", "chosen", "rejected"} pairs on train prompts added to the
+    labeler's pairs (targeted examples, online rounds); a pair on an eval prompt stops the run"""
     counterexample_frac: float = 0.0
     """embedded task only: fraction of training pairs that are curated counterexamples
     (short but excellent over long but bad)"""
@@ -120,6 +125,10 @@ class Args:
     normalize_std: bool = False
     """also set a gain so that reference rewards have std 1 (lm-human-preferences);
     otherwise only a bias (Stiennon et al.)"""
+    calibration_size: int = 1024
+    """embedded task only: generator responses on train prompts with their gold reward, on which the reward is
+    calibrated to gold: eval/alignment_gap, and the saved normalization (PPO then sees scores on gold's scale); 0: off,
+    the reference normalization instead"""
     group_by_length: bool = True
     """batch pairs of similar length together (less padding, about 2x faster on CPU);
     batches still come in random order"""
@@ -145,13 +154,6 @@ def reward_normalization(rewards, gain=False):
     (lm-human-preferences)."""
     rewards = rewards.double()
     return rewards.mean().item(), rewards.std(correction=0).item() if gain else 1.0
-
-
-def pearson(x, y):
-    """Pearson correlation of two (N,) tensors (0 when either is constant)."""
-    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
-    denominator = (x.norm() * y.norm()).item()
-    return (x @ y).item() / denominator if denominator > 0 else 0.0
 
 
 def score(model, seqs, pad_id, device):
@@ -212,10 +214,11 @@ def gather_in_order(values, rank, world):
 
 
 @torch.no_grad()
-def evaluate(model, pairs, pad_id, device, args, gold_sign=None, chunk=128, rank=0, world=1):
+def evaluate(model, pairs, pad_id, device, args, gold_sign=None, chunk=128, rank=0, world=1, calibration=None):
     """Held-out loss, accuracy (ties count half), margin, reward mean and std, and the correlation of reward with
     response length in words (Singhal et al. 2023); with gold_sign (+1, -1, or 0 for a tie; (N,)) the accuracy
-    against the gold preference, gold ties left out. Each rank scores its share; all ranks get the same numbers."""
+    against the gold preference, gold ties left out; with calibration (calibration ids, their gold, the gold of the
+    eval pairs' chosen then rejected responses) the alignment gap. Each rank scores its share; all get the same."""
     model.eval()
     mine = pairs[rank::world]  # may be empty (fewer eval pairs than ranks)
     rc, rr = torch.zeros(0, device=device), torch.zeros(0, device=device)
@@ -223,7 +226,6 @@ def evaluate(model, pairs, pad_id, device, args, gold_sign=None, chunk=128, rank
         rc_i, rr_i = score_pairs(model, mine[i : i + chunk], pad_id, device)
         rc, rr = torch.cat([rc, rc_i.float()]), torch.cat([rr, rr_i.float()])
     rc, rr = gather_in_order(rc, rank, world), gather_in_order(rr, rank, world)
-    model.train()
     m = torch.tensor([p["margin"] for p in pairs], device=rc.device) if args.margin else None
     rewards = torch.cat([rc, rr])
     words = torch.tensor([p["words"][0] for p in pairs] + [p["words"][1] for p in pairs])
@@ -233,11 +235,16 @@ def evaluate(model, pairs, pad_id, device, args, gold_sign=None, chunk=128, rank
         "margin": (rc - rr).mean().item(),
         "reward_mean": rewards.mean().item(),
         "reward_std": rewards.std().item(),
-        "reward_length_corr": pearson(rewards.cpu(), words),
+        "reward_length_corr": torch.corrcoef(torch.stack([rewards.cpu().double(), words.double()]))[0, 1].item(),
     }
     if gold_sign is not None:
         agree = (torch.sign(rc - rr).cpu() * gold_sign + 1) / 2  # 1 agrees, 0 disagrees, 1/2 a reward tie
         out["gold_accuracy"] = agree[gold_sign != 0].mean().item()
+    if calibration is not None:  # the alignment gap on gold's scale, and the rank correlation with gold
+        cal_ids, cal_gold, eval_gold = calibration
+        raw = torch.cat([score(model, cal_ids[i : i + chunk], pad_id, device) for i in range(0, len(cal_ids), chunk)])
+        out |= task.alignment_gap(raw.tolist(), cal_gold, rewards.tolist(), eval_gold)
+    model.train()
     return out
 
 
@@ -271,6 +278,14 @@ if __name__ == "__main__":
                                      args.counterexample_frac)
         # the labeler's own comparisons only (no curated counterexamples): every ablation is measured on the same pairs
         eval_rows = task.make_pairs(eval_prompts, labeler, args.eval_pairs_per_prompt, args.seed + 1, args.margin)
+        if args.extra_pairs:
+            extra = data.load_rows(args.extra_pairs, "pairwise", eval_frac=0.0, verbose=False)[0]
+            on_eval = sum(r["prompt"] in eval_prompts for r in extra)
+            if on_eval:
+                raise SystemExit(f"--extra-pairs {args.extra_pairs}: {on_eval} of its {len(extra)} pairs are on eval "
+                                 "prompts; extra pairs must be on train prompts (task.split_prompts)")
+            train_rows += extra
+            say(f"{len(extra)} extra pairs from {args.extra_pairs}: {len(train_rows)} train pairs in all")
     else:
         train_rows, eval_rows = data.load_rows(args.dataset, "pairwise", args.dataset_config, args.dataset_train_split,
                                                args.dataset_test_split, verbose=rank == 0)
@@ -319,6 +334,13 @@ if __name__ == "__main__":
     if embedded:
         ceiling = sum(labeler.ceiling(r["prompt"], r["chosen"], r["rejected"]) for r in eval_rows) / len(eval_rows)
         say(f"labeler's ceiling on the {len(eval_rows)} eval pairs: {ceiling:.3f}")
+    calibration = None
+    if embedded and args.calibration_size:  # absolute gold ratings of generator responses on train prompts
+        cal_rows = task.calibration_rows(train_prompts, args.calibration_size, args.seed + 4)
+        cal_ids = [ids for ids, _ in data.encode_demonstrations(tokenizer, cal_rows, args.max_length,
+                                                                args.max_prompt_length, "calibration responses", False)]
+        eval_gold = [task.gold_reward(r["prompt"], r[k]) for k in ("chosen", "rejected") for r in eval_rows]
+        calibration = (cal_ids, [task.gold_reward(r["prompt"], r["completion"]) for r in cal_rows], eval_gold)
 
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
     num_steps = args.num_epochs * len(runs.global_batches(list(range(len(train))), global_batch, world))
@@ -329,7 +351,8 @@ if __name__ == "__main__":
 
     def log_eval(step):
         with autocast:
-            ev = evaluate(model, eval_pairs, pad_id, device, args, gold_sign, rank=rank, world=world)
+            ev = evaluate(model, eval_pairs, pad_id, device, args, gold_sign, rank=rank, world=world,
+                          calibration=calibration)
         runs.log_scalars(writer, ev, step, prefix="eval/")
         if ceiling is not None:
             writer.add_scalar("eval/ceiling", ceiling, step)
@@ -399,6 +422,9 @@ if __name__ == "__main__":
     with torch.no_grad(), autocast:
         ref = torch.cat([score(model, ref_ids[i : i + 256], pad_id, device) for i in range(0, len(ref_ids), 256)])
     model.config.reward_mean, model.config.reward_std = reward_normalization(ref, args.normalize_std)
+    if calibration is not None and ev["calibration_a"] > 0:  # on gold's scale: (raw - mean) / std = a * raw + b
+        a, b = ev["calibration_a"], ev["calibration_b"]
+        model.config.reward_mean, model.config.reward_std = -b / a, 1 / a
     writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
     writer.add_scalar("eval/reference_reward_std", ref.std(correction=0).item(), step)
 
@@ -408,6 +434,8 @@ if __name__ == "__main__":
         summary += f" (labeler's ceiling {ceiling:.3f}, {100 * (ceiling - ev['accuracy']):.1f} points below)"
     if gold_sign is not None:
         summary += f", gold accuracy {ev['gold_accuracy']:.3f}"
+    if calibration is not None:
+        summary += f", alignment gap {ev['alignment_gap']:.3f} (rank corr {ev['rank_correlation']:.3f})"
     summary += (f", eval loss {ev['loss']:.3f}, margin {ev['margin']:.2f}, "
                 f"reward-length corr {ev['reward_length_corr']:+.2f}, "
                 f"reward_mean {model.config.reward_mean:.3f} reward_std {model.config.reward_std:.3f}, "

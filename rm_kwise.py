@@ -15,7 +15,8 @@ prompt, not 2 x C(K,2)); their scores are laid out as a (prompts, Kmax) tensor w
     torchrun --nproc_per_node 4 rm_kwise.py --model gpt2 ...
 
 The saved model loads with AutoModelForSequenceClassification; config.reward_mean / reward_std hold the
-normalization (normalized reward = (raw - reward_mean) / reward_std), as rm_bt.py saves it.
+normalization (normalized reward = (raw - reward_mean) / reward_std), as rm_bt.py saves it: on the embedded task the
+affine calibration to gold, whose held-out error is the alignment gap (eval/alignment_gap).
 """
 
 import math
@@ -115,6 +116,10 @@ class Args:
     normalize_std: bool = False
     """also set a gain so the reference rewards have std 1 (lm-human-preferences);
     otherwise only a bias (Stiennon et al.)"""
+    calibration_size: int = 1024
+    """embedded task only: generator responses on train prompts with their gold reward, on which the reward is
+    calibrated to gold: eval/alignment_gap, and the saved normalization (PPO sees gold's scale); 0: the reference
+    normalization"""
 
 
 def _pairs(mask):
@@ -320,6 +325,12 @@ if __name__ == "__main__":
                 for i in range(len(c)) for j in range(i + 1, len(c))]
         ceiling = sum(ceil) / len(ceil)
         say(f"labeler's ceiling on held-out pairwise accuracy: {ceiling:.3f} ({len(ceil)} eval pairs)")
+    cal_ids = None
+    if embedded and args.calibration_size:  # absolute gold ratings of generator responses on train prompts
+        cal_rows = task.calibration_rows(train_prompts, args.calibration_size, args.seed + 4)
+        cal_ids = [ids for ids, _ in data.encode_demonstrations(tokenizer, cal_rows, args.max_length,
+                                                                args.max_prompt_length, "calibration responses", False)]
+        cal_gold = [task.gold_reward(r["prompt"], r["completion"]) for r in cal_rows]
 
     # Batches: per prompt (all C(K,2) pairs of a prompt in one batch element, InstructGPT), or shuffled pairs
     steps_per_epoch = math.ceil(len(train_ids) / args.prompts_per_batch)
@@ -340,7 +351,14 @@ if __name__ == "__main__":
     def log_eval(step):
         """On rank 0 only (the plain model, no collective): the others go on and wait at the next all-reduce."""
         with autocast:
-            ev, _ = evaluate(model, eval_ids, pad_id, device, loss_fn, gold, eval_lengths, args.forward_chunk)
+            ev, scores = evaluate(model, eval_ids, pad_id, device, loss_fn, gold, eval_lengths, args.forward_chunk)
+            if cal_ids is not None:  # the alignment gap on gold's scale, and the rank correlation with gold
+                model.eval()
+                with torch.no_grad():
+                    raw = score_sequences(model, cal_ids, pad_id, device, args.forward_chunk).float()
+                model.train()
+                mask = torch.arange(K)[None, :] < torch.tensor([len(r) for r in eval_ids])[:, None]
+                ev |= task.alignment_gap(raw.tolist(), cal_gold, scores.cpu()[mask].tolist(), gold[mask].tolist())
         runs.log_scalars(writer, ev, step, prefix="eval/")
         if ceiling is not None:
             writer.add_scalar("eval/ceiling", ceiling, step)
@@ -404,6 +422,9 @@ if __name__ == "__main__":
         ref = score_sequences(model, ref_ids, pad_id, device, args.forward_chunk).float()
     model.config.reward_mean = ref.mean().item()
     model.config.reward_std = ref.std(correction=0).item() if args.normalize_std else 1.0  # population std, as rm_bt.py
+    if cal_ids is not None and ev["calibration_a"] > 0:  # on gold's scale: (raw - mean) / std = a * raw + b
+        a, b = ev["calibration_a"], ev["calibration_b"]
+        model.config.reward_mean, model.config.reward_std = -b / a, 1 / a
     writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
     writer.add_scalar("eval/reference_reward_std", ref.std(correction=0).item(), step)
 
@@ -415,6 +436,8 @@ if __name__ == "__main__":
     summary += f", top-1 {ev['top1_accuracy']:.3f}, Kendall tau {ev['kendall_tau']:.3f}, eval loss {ev['loss']:.3f}"
     if gold is not None:
         summary += f", gold agreement {ev['gold_accuracy']:.3f}"
+    if cal_ids is not None:
+        summary += f", alignment gap {ev['alignment_gap']:.3f} (rank corr {ev['rank_correlation']:.3f})"
     summary += (f", reward-length corr {ev['reward_length_corr']:+.2f}, "
                 f"reward_mean {model.config.reward_mean:.3f} reward_std {model.config.reward_std:.3f}, "
                 f"{sequences / train_time:.0f} completions/s, {train_time:.0f}s on {world} process(es), "

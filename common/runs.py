@@ -26,10 +26,15 @@ def device_and_dtype(cuda=True):
     return torch.device("cpu"), torch.float32
 
 
+def rank_and_world():
+    """(rank, world_size) as torchrun sets them; (0, 1) in a plain process."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 def setup_distributed(cuda=True):
     """(rank, world_size, device, dtype). Under `torchrun --nproc_per_node N` (WORLD_SIZE > 1) each process
     joins the process group, NCCL on GPUs and gloo on CPU, and takes the GPU of its LOCAL_RANK."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world = rank_and_world()
     device, dtype = device_and_dtype(cuda)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

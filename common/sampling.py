@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
-from common import data, models, runs
+from common import data, models, runs, scoring, task
 
 
 def generate(model, **kwargs):
@@ -95,3 +95,36 @@ def response_logprobs(model, seq, mask, context_length, temperature, hidden=Fals
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logprobs, entropy, out.hidden_states[-1][:, context_length - 1 : -1] if hidden else None
+
+
+@torch.no_grad()
+def rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, temperature):
+    """Sample one response per query (lists of ids), cut after its first stop token, and read its tokens' log-probs
+    under policy and reference at the sampling temperature."""
+    r = sample_responses(policy, tokenizer, queries, gen_config, stop_ids)
+    seq, mask, L = r["seq"], r["mask"], r["context_length"]
+    r["logprobs"] = response_logprobs(policy, seq, mask, L, temperature)[0]
+    r["ref_logprobs"] = response_logprobs(ref_policy, seq, mask, L, temperature)[0]
+    return r
+
+
+@torch.no_grad()
+def evaluate_policy(policy, ref_policy, tokenizer, reward, prompts, queries, gen_config, stop_ids, temperature,
+                    batch_size, with_gold, autocast):
+    """Samples on held-out prompts, a share per process (perhaps none): the means over all processes of the score,
+    the sequence KL to the reference (k1) and, with_gold, the gold reward; and "samples", this process's first 8
+    (prompt, response, score)."""
+    rank, world = runs.rank_and_world()
+    prompts, queries = prompts[rank::world], queries[rank::world]
+    scores, kls, texts = [], [], []
+    for i in range(0, len(queries), batch_size):
+        with autocast:
+            r = rollout(policy, ref_policy, tokenizer, queries[i : i + batch_size], gen_config, stop_ids, temperature)
+            scores += scoring.score(reward, prompts[i : i + batch_size], r["texts"], r["with_eos"], r["seq"],
+                                    r["mask"]).tolist()
+        kls += ((r["logprobs"] - r["ref_logprobs"]) * r["resp_mask"]).sum(1).tolist()
+        texts += r["texts"]
+    means = {"score": scores, "kl": kls}
+    if with_gold:
+        means["gold"] = [task.gold_reward(p, t) for p, t in zip(prompts, texts)]
+    return runs.global_means(means) | {"samples": list(zip(prompts[:8], texts[:8], scores[:8]))}

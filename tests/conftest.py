@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -12,13 +13,14 @@ os.environ["WANDB_SILENT"] = "true"
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config,  # noqa: E402
                           GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM)
 
 import standins  # noqa: E402
-from common import models, task  # noqa: E402
+from common import data, models, task  # noqa: E402
 
 LORA_KINDS = ("gpt2", "llama", "qwen2")  # the architectures every script runs with --use-peft in the tests
 
@@ -170,3 +172,17 @@ def one_and_two_processes(script, flags, tmp_path, summary):
         assert out.count(summary) == 1 and f"on {nproc} process(es)" in out
         runs[nproc] = scalars(cwd / "runs")
     return runs[1], runs[2]
+
+
+def calibration_refit(model_dir, rows, score_fn):
+    """(a, b) of the least-squares line from the saved normalized reward to gold on the calibration rows (numpy):
+    (1, 0) when the saved normalization is the calibration."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tok = models.load_tokenizer(str(model_dir))
+    ids = [data.encode(tok, r["prompt"], r["completion"], 96, 32, Counter())[0] for r in rows]
+    with torch.no_grad():
+        raw = score_fn(model, ids, tok.pad_token_id, "cpu")
+    normalized = ((raw - model.config.reward_mean) / model.config.reward_std).numpy()
+    gold = np.array([task.gold_reward(r["prompt"], r["completion"]) for r in rows])
+    (a, b), *_ = np.linalg.lstsq(np.stack([normalized, np.ones(len(rows))], 1), gold, rcond=None)
+    return a, b

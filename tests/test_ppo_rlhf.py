@@ -168,7 +168,7 @@ def test_rollout_logprobs_match_the_sampler_and_first_ratio_is_one(which, llama_
     T, stop = 0.7, [tok.eos_token_id]
     cfg = sampling.generation_config(tok, stop, 10, T)
     torch.manual_seed(0)
-    r = ppo_rlhf.rollout(policy, policy, tok, queries, cfg, stop, T)
+    r = sampling.rollout(policy, policy, tok, queries, cfg, stop, T)
     # the same samples again, this time with generate()'s own logits
     cfg.output_logits, cfg.return_dict_in_generate = True, True
     query = data.pad(queries, tok.pad_token_id, "left")
@@ -230,7 +230,7 @@ def test_gradient_checkpointing_recomputes_in_the_update_and_rollouts_keep_the_k
             model.base_model.h[0].mlp.forward = counted(model.base_model.h[0].mlp.forward)
         lengths.clear()
         torch.manual_seed(0)
-        r = ppo_rlhf.rollout(policy, policy, tok, queries, cfg, stop, 1.0)
+        r = sampling.rollout(policy, policy, tok, queries, cfg, stop, 1.0)
         assert policy.training == checkpointing and lengths[1:6] == [1] * 5, lengths  # the prompt, then a token at a time
         samples[checkpointing] = r["seq"]
         lengths.clear()

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from common import data, models, task
-from conftest import LORA_KINDS, check_lora_save, one_and_two_processes, run_script
+from conftest import LORA_KINDS, calibration_refit, check_lora_save, one_and_two_processes, run_capture, run_script
 from rm_bt import bradley_terry_loss, reward_normalization, score, score_pairs
 
 
@@ -106,7 +106,7 @@ def _other_operand(prompt):
 
 def test_end_to_end_tiny_run_ranks_best_above_worst(tmp_path):
     out = run_script("rm_bt.py", "--pairs-per-prompt", "1", "--eval-pairs-per-prompt", "2", "--reference-size", "256",
-                     "--normalize-std", "--output-dir", str(tmp_path / "m"), cwd=tmp_path)
+                     "--normalize-std", "--calibration-size", "0", "--output-dir", str(tmp_path / "m"), cwd=tmp_path)
     before, after = _summary(out)
     assert after > before + 0.1 and "labeler's ceiling" in out and "gold accuracy" in out
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
@@ -179,3 +179,22 @@ def test_use_peft_trains_adapters_and_head_and_the_merged_save_keeps_the_normali
     mean = float(re.search(r"reward_mean (-?[\d.]+)", out).group(1))
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")
     assert merged.config.reward_mean == pytest.approx(mean, abs=1e-3)
+
+
+def test_calibration_to_gold_and_extra_pairs(tmp_path):
+    """On the embedded task the saved normalization is the least-squares calibration to gold on --calibration-size
+    generator responses (a refit gives a = 1, b = 0), and the alignment gap is reported; --extra-pairs adds a file's
+    pairs to the labeler's, and refuses a pair on an eval prompt before any model loads."""
+    train_prompts, eval_prompts = task.split_prompts()
+    task.export_jsonl(task.make_pairs(train_prompts[:50], task.Labeler(), 2, seed=5), tmp_path / "extra.jsonl")
+    out = run_script("rm_bt.py", "--num-train-prompts", "300", "--pairs-per-prompt", "1", "--eval-pairs-per-prompt",
+                     "1", "--calibration-size", "256", "--extra-pairs", "extra.jsonl", "--output-dir", "m", cwd=tmp_path)
+    assert "100 extra pairs from extra.jsonl: 400 train pairs in all" in out
+    gap = float(re.search(r"alignment gap ([\d.]+) \(rank corr", out).group(1))
+    assert 0 < gap < 3
+    a, b = calibration_refit(tmp_path / "m", task.calibration_rows(train_prompts[:300], 256, 1 + 4), score)
+    assert a == pytest.approx(1.0, abs=1e-3) and b == pytest.approx(0.0, abs=1e-3)
+    task.export_jsonl(task.make_pairs(eval_prompts[:2], task.Labeler(), 1, seed=5), tmp_path / "leak.jsonl")
+    code, text = run_capture("rm_bt.py", "--extra-pairs", "leak.jsonl", cwd=tmp_path)
+    assert code == 1 and "--extra-pairs leak.jsonl: 2 of its 2 pairs are on eval prompts" in text
+    assert "Loading weights" not in text

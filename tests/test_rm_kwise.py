@@ -11,9 +11,9 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from common import data, models, task
-from conftest import LORA_KINDS, ROOT, check_lora_save, run_script, scalars
+from conftest import LORA_KINDS, ROOT, calibration_refit, check_lora_save, run_script, scalars
 from rm_kwise import (LOSSES, agreement, best_of_k_loss, pairwise_loss, plackett_luce_loss, ranking_metrics,
-                      score_rankings)
+                      score_rankings, score_sequences)
 
 PROMPT = "Which is larger, 12 or 7?"
 BAD = "Obviously. It is 7. Numbers are a very old invention. Cats are wonderful animals. Let me think about this for a moment."
@@ -175,6 +175,11 @@ def test_default_layout_learns_and_saves_a_loadable_reward_model(tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
     tok = models.load_tokenizer(str(tmp_path / "rm"))
     assert isinstance(model.config.reward_mean, float) and model.config.reward_std > 0
+    # the saved normalization is the calibration to gold (it overrides --normalize-std on the embedded task)
+    assert "alignment gap" in summary
+    rows = task.calibration_rows(task.split_prompts()[0][:240], 1024, 1 + 4)
+    a, b = calibration_refit(tmp_path / "rm", rows, score_sequences)
+    assert a == pytest.approx(1.0, abs=1e-3) and b == pytest.approx(0.0, abs=1e-3)
     prompts = task.split_prompts()[1][:10]
     wins = [reward(model, tok, p, task.best_response(p)) > reward(model, tok, p, BAD.replace("7", str(task.correct_answer(p) + 1))) for p in prompts]
     assert all(wins), wins

@@ -54,7 +54,7 @@ def test_gold_and_the_stop_token_stays_in_the_text():
     stop_ids = [tok.eos_token_id] + period
     queries = [tok(p).input_ids for p in task.all_prompts()[:32]]
     torch.manual_seed(0)
-    r = ppo_rlhf.rollout(policy, policy, tok, queries, sampling.generation_config(tok, stop_ids, 24, 1.0), stop_ids, 1.0)
+    r = sampling.rollout(policy, policy, tok, queries, sampling.generation_config(tok, stop_ids, 24, 1.0), stop_ids, 1.0)
     ends = [row[m.bool()].tolist()[-1] for row, m in zip(r["seq"][:, r["context_length"]:], r["resp_mask"])]
     assert sum(e == period[0] for e in ends) >= 8  # the check has cases to check
     for text, end, eos in zip(r["texts"], ends, r["with_eos"].tolist()):
