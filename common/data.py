@@ -210,15 +210,16 @@ def load_ratings(dataset, config=None, train_split="train", test_split=None, eva
 
 def split_by_prompt(rows, eval_frac=0.05):
     """(train, eval): a row goes to eval when a hash of its prompt falls in the lowest eval_frac of the hash range, so
-    no prompt is in both. Where that holds out none but there are two prompts or more, the prompt lowest in hash order
-    is held out (a small dataset still gets an eval split); one prompt alone, or eval_frac 0, holds out nothing."""
+    no prompt is in both. With two prompts or more each side gets one at least: where none fell that low the prompt
+    lowest in hash order is held out (a small dataset still gets an eval split), where all did the highest is kept
+    for training; one prompt alone, or eval_frac 0, holds out nothing."""
     def position(row):
         h = hashlib.sha1(json.dumps(row["prompt"], sort_keys=True).encode()).digest()
         return int.from_bytes(h[:4], "big")
     at = [position(r) for r in rows]
     cut = eval_frac * 2**32 if len(set(at)) > 1 else 0  # one prompt: it cannot be both trained and held out
-    if eval_frac > 0 and len(set(at)) > 1 and min(at) >= cut:
-        cut = min(at) + 1
+    if eval_frac > 0 and len(set(at)) > 1:  # two prompts or more: something on each side
+        cut = min(max(cut, min(at) + 1), max(at))
     return [r for r, p in zip(rows, at) if p >= cut], [r for r, p in zip(rows, at) if p < cut]
 
 

@@ -12,6 +12,10 @@
    base policy: R_rl(d) = d (alpha - beta log d) and R_bon(d) = d (alpha - beta d).
 3. Length hacking (the lectures): PPO against the RM of a length-biased labeler, and against the RM trained
    with curated counterexamples: response length and gold reward during training.
+4. Data scale (seed 000, experiments/reward_models.py): each feature's accuracy against the number of pairs, and
+   K-wise rankings against pairs at equal labeling effort.
+5. Alignment gap (seed 000, experiments/reward_models.py): targeted examples where RM and gold disagree most,
+   against as many random extra pairs: the RMs' alignment gap and accuracy, and PPO's gold against each.
 
 Every run is one of the project's scripts, launched as a user would (`python ppo_rlhf.py ...`), its numbers read
 back from its TensorBoard log. Writes <out-dir>/results.csv (one row per measured point), frontier.png,
@@ -34,6 +38,7 @@ import tyro
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import reward_models  # noqa: E402  (experiments/, beside this file)
 
 
 @dataclass
@@ -45,7 +50,7 @@ class Args:
     seed: int = 1
     """seed of every run"""
     only: str = ""
-    """comma-separated parts to run: frontier, overoptimization, length; '' runs all three"""
+    """comma-separated parts to run: frontier, overoptimization, length, data-scale, alignment-gap; '' runs all"""
     python: str = sys.executable
     """the interpreter that runs the scripts"""
     plot_only: bool = False
@@ -204,7 +209,9 @@ def overoptimization(args, cfg, rows, fits):
                         "--learning-rate", cfg["overopt_lr"], "--total-episodes", cfg["overopt_episodes"], "--log-samples-every", cfg["overopt_eval_every_updates"])
         s = read_scalars(run)
         for (step, kl), (_, gold), (_, proxy_score) in zip(s["eval/kl"], s["eval/gold"], s["eval/score"]):
-            rows.append(dict(part="overoptimization", method="PPO", setting=label, step=step, kl=kl, gold=gold, proxy=proxy_score))
+            # the RMs are calibrated to gold (rm_bt.py on the embedded task), so proxy - gold is the alignment gap
+            rows.append(dict(part="overoptimization", method="PPO", setting=label, step=step, kl=kl, gold=gold, proxy=proxy_score,
+                             alignment_gap=proxy_score - gold))
     # the fits: R = gain over the starting point (step 0 for PPO, n = 1 for best-of-n), d = sqrt(KL), clipped at 0
     for method, form in (("PPO", "rl"), ("best-of-n", "bon")):
         for ppp in cfg["rm_pairs_per_prompt"]:
@@ -272,7 +279,8 @@ def plot(rows, fits, out_dir):
 
     part = [r for r in rows if r["part"] == "overoptimization"]
     if part:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+        with_gap = any("alignment_gap" in r for r in part)
+        fig, axes = plt.subplots(1, 3 if with_gap else 2, figsize=(18 if with_gap else 12, 5))
         for ax, method, form in ((axes[0], "PPO", "rl"), (axes[1], "best-of-n", "bon")):
             for setting, color in zip(dict.fromkeys(r["setting"] for r in part), ("tab:red", "tab:blue", "tab:green", "tab:purple")):
                 pts = sorted((r for r in part if r["method"] == method and r["setting"] == setting), key=lambda r: r["step"])
@@ -288,6 +296,15 @@ def plot(rows, fits, out_dir):
             ax.set(xlabel="d = sqrt(KL to the base policy)", ylabel="reward gain over the base policy",
                    title=f"{method} against learned RMs (lines: Gao et al. fit to gold)")
             ax.legend(fontsize=7)
+        if with_gap:  # seed 000: "continue tracking the alignment gap"
+            for setting, color in zip(dict.fromkeys(r["setting"] for r in part), ("tab:red", "tab:blue", "tab:green", "tab:purple")):
+                pts = sorted((r for r in part if r["method"] == "PPO" and r["setting"] == setting), key=lambda r: r["step"])
+                axes[2].plot(np.sqrt(np.maximum([r["kl"] for r in pts], 0.0)), [r["alignment_gap"] for r in pts], "o-",
+                             color=color, ms=4, label=setting)
+            axes[2].axhline(0, color="gray", lw=0.5)
+            axes[2].set(xlabel="d = sqrt(KL to the base policy)", ylabel="RM score - gold (gold's scale)",
+                        title="PPO: the alignment gap on held-out prompts")
+            axes[2].legend(fontsize=7)
         save(fig, "overoptimization.png")
 
     part = [r for r in rows if r["part"] == "length"]
@@ -303,6 +320,7 @@ def plot(rows, fits, out_dir):
         for ax in axes:
             ax.legend(fontsize=8)
         save(fig, "length_hacking.png")
+    written += reward_models.plot(rows, out_dir, plt)
     plt.close("all")
     return written
 
@@ -343,16 +361,22 @@ CONFIGS = {  # the whole study, and --quick
                bon_ns=[1, 2, 4, 8, 16], rm_pairs_per_prompt=[4, 16], rm_flags=["--num-train-prompts", 300],
                overopt_kl_coef=0.005, overopt_lr=1e-4, overopt_episodes=1280, overopt_eval_every_updates=2, counterexample_fracs=[0.0, 0.6]),
 }
+# the reward-model parts (experiments/reward_models.py): (train prompts, pairs per prompt) and rankings of 4 to 9
+CONFIGS[False] |= dict(scale_pairs=[(250, 1), (1000, 1), (1566, 4), (1566, 16), (1566, 32)], scale_rankings=[100, 400, 1566],
+                       gap_prompts=1566, gap_pairs_per_prompt=4, gap_pool_per_prompt=4, gap_extra_pairs=1500, gap_ppo_episodes=6400)
+CONFIGS[True] |= dict(scale_pairs=[(250, 1), (1000, 1), (1000, 4)], scale_rankings=[100, 400],
+                      gap_prompts=300, gap_pairs_per_prompt=4, gap_pool_per_prompt=4, gap_extra_pairs=300, gap_ppo_episodes=1920)
+PARTS = ("frontier", "overoptimization", "length", "data-scale", "alignment-gap")
 
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
     args.out_dir = args.out_dir or ("runs/study_quick" if args.quick else "runs/study")
     out = Path(args.out_dir)
     cfg = CONFIGS[args.quick]
-    parts = set(args.only.split(",")) if args.only else {"frontier", "overoptimization", "length"}
-    unknown = parts - {"frontier", "overoptimization", "length"}
+    parts = set(args.only.split(",")) if args.only else set(PARTS)
+    unknown = parts - set(PARTS)
     if unknown:
-        raise SystemExit(f"--only: unknown part(s) {sorted(unknown)}; expected frontier, overoptimization, length")
+        raise SystemExit(f"--only: unknown part(s) {sorted(unknown)}; expected {', '.join(PARTS)}")
     if args.plot_only:
         if not (out / "results.csv").exists():
             raise SystemExit(f"--plot-only: no {out / 'results.csv'}; run the study first (or pass its --out-dir)")
@@ -367,8 +391,13 @@ if __name__ == "__main__":
         overoptimization(args, cfg, rows, fits)
     if "length" in parts:
         length_hacking(args, cfg, rows)
+    if "data-scale" in parts:
+        reward_models.data_scale(args, cfg, rows)
+    if "alignment-gap" in parts:
+        reward_models.alignment_gap_part(args, cfg, rows)
     for r in rows:
-        r["sqrt_kl"] = math.sqrt(max(r["kl"], 0.0))
+        if "kl" in r:
+            r["sqrt_kl"] = math.sqrt(max(r["kl"], 0.0))
     if args.only:  # keep the other parts' points from an earlier run of the study
         old = read_csv(out / "results.csv") if (out / "results.csv").exists() else []
         rows = [r for r in old if r["part"].split("_")[0] not in parts] + rows

@@ -235,15 +235,13 @@ def test_split_by_prompt_keeps_a_prompt_on_one_side(tmp_path):
 def test_load_prompts_holds_out_prompts_or_evaluates_on_train_prompts(tmp_path, capsys):
     train, eval_ = task.split_prompts()
     assert data.load_prompts("embedded", num_eval=5, verbose=False) == (train, eval_[:5])
-    kept = [f"p{i}" for i in range(200) if not data.split_by_prompt([{"prompt": f"p{i}"}])[1]][:3]
-    held_out = next(f"p{i}" for i in range(200) if data.split_by_prompt([{"prompt": f"p{i}"}])[1])
     path = tmp_path / "few.jsonl"
-    task.export_jsonl([{"prompt": p} for p in kept], path)  # none of the 3 falls in the 5% held out
-    assert data.load_prompts(str(path), num_eval=2) == (kept, kept[:2])
+    task.export_jsonl([{"prompt": p} for p in ("p0", "p1", "p2")], path)  # 3 prompts: one of them held out
+    train, evals = data.load_prompts(str(path), num_eval=2)
+    assert len(train) == 2 and len(evals) == 1 and not set(train) & set(evals)
+    task.export_jsonl([{"prompt": "p0"}], path)  # one prompt: trained on, and evaluated on for want of another
+    assert data.load_prompts(str(path), num_eval=2) == (["p0"], ["p0"])
     assert "evaluating on the first 64 train prompts" in capsys.readouterr().out
-    task.export_jsonl([{"prompt": held_out}], path)
-    with pytest.raises(SystemExit, match=f"--dataset {path}: no train prompts"):
-        data.load_prompts(str(path))
 
 
 def test_hub_dataset_without_datasets_library_says_how_to_install(monkeypatch):
@@ -547,3 +545,6 @@ def test_split_by_prompt_holds_out_at_least_one_prompt_of_two_or_more():
     big = [{"prompt": f"p{i}"} for i in range(4000)]
     assert 150 < len(data.split_by_prompt(big)[1]) < 250  # about 5% (binomial: 200 +- 14)
     assert data.split_by_prompt([{"prompt": "only"}] * 3) == ([{"prompt": "only"}] * 3, [])
+    lucky = [p for p in (f"p{i}" for i in range(400)) if position(p) < 0.05 * 2**32][:2]  # both under the 5% line
+    train, evals = data.split_by_prompt([{"prompt": p} for p in lucky])
+    assert len(train) == len(evals) == 1 and train[0]["prompt"] == max(lucky, key=position)

@@ -133,6 +133,7 @@ def composite_rm(tmp_path_factory):
     """rm_composite.py on 100 train prompts (3100 rated responses, 2 epochs), saved: (its directory, its output)."""
     out_dir = tmp_path_factory.mktemp("composite") / "m"
     out = run_script("rm_composite.py", "--num-train-prompts", "100", "--num-epochs", "2", "--learning-rate", "1e-3",
+                     "--eval-pairs-per-prompt", "2", "--stage2-pairs", "1024", "--eval-every", "100000",
                      "--calibration-size", "256", "--output-dir", str(out_dir), cwd=out_dir.parent)
     return out_dir, out
 

@@ -210,6 +210,7 @@ COLUMNS = {
     "openbmb-ultrafeedback": ["source", "instruction", "models", "completions", "correct_answers",
                               "incorrect_answers"],
     "imdb": ["text", "label"],
+    "helpsteer2": ["prompt", "response", "helpfulness", "correctness", "coherence", "complexity", "verbosity"],
 }
 
 
@@ -226,7 +227,9 @@ def test_dataset_has_the_published_splits_and_columns(tmp_path, name):
         assert split.column_names == COLUMNS[name] and split.num_rows == 12
     key = "instruction" if name == "openbmb-ultrafeedback" else COLUMNS[name][0]
     keys = [str(row[key]) for split in ds.values() for row in split]
-    if name != "h4-ultrafeedback":  # its _sft and _gen splits repeat the _prefs prompts, as the real ones do
+    if name == "helpsteer2":  # two rated responses per prompt, in consecutive rows, as published
+        assert keys[::2] == keys[1::2] and len(set(keys)) == len(keys) // 2
+    elif name != "h4-ultrafeedback":  # its _sft and _gen splits repeat the _prefs prompts, as the real ones do
         assert len(set(keys)) == len(keys)
 
 

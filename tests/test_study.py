@@ -66,14 +66,35 @@ def test_csv_round_trip_and_plots_from_synthetic_points(tmp_path):
             rows.append(dict(part="overoptimization", method=method, setting="RM from 4 pairs/prompt", step=k, kl=dk**2,
                              gold=float(study.gao_curve([dk], 1.0, 0.5, form)[0]), proxy=dk))
         fits += [dict(method=method, setting="RM from 4 pairs/prompt", reward="gold", form=form, alpha=1.0, beta=0.5)]
+    rows[-1]["alignment_gap"] = 0.5  # a PPO point against a calibrated RM: the third panel
     rows += [dict(part="length", method="PPO", setting=s, step=64 * k, kl=0.1 * k, gold=-0.1 * k, response_tokens=20 + k)
              for s in ("RM: length-biased labels, 0% counterexamples", "RM: length-biased labels, 60% counterexamples") for k in range(5)]
+    features = {f"feature_{f}": 0.5 + 0.1 * i for i, f in enumerate(("truthful", "helpful", "harmless", "polite", "concise"))}
+    rows += [dict(part="data-scale", method=m, setting=f"{m}{n}", labels=n, responses_read=2 * n, accuracy=0.7, ceiling=0.9,
+                  **features) for m in ("pairs (rm_bt.py)", "rankings of 4-9 (rm_kwise.py)") for n in (100, 1000)]
+    rows += [dict(part="alignment-gap", method=m, setting=m, alignment_gap=0.8, gold_accuracy=0.8, ppo_gold=1.0)
+             for m in ("RM0 (the labeler's pairs)", "RM0's pairs + 300 random", "RM0's pairs + 300 targeted")]
     study.write_csv(tmp_path / "results.csv", rows)
     back = study.read_csv(tmp_path / "results.csv")
     assert len(back) == len(rows) and back[0] == rows[0] | {"step": 0.0}  # numbers come back as floats, text as text
-    assert "proxy" not in back[0] and back[-1]["response_tokens"] == 24.0  # empty cells are dropped, not zeros
+    length = [r for r in back if r["part"] == "length"]
+    assert "proxy" not in back[0] and length[-1]["response_tokens"] == 24.0  # empty cells are dropped, not zeros
     pytest.importorskip("matplotlib")
     written = study.plot(back, fits, tmp_path)
-    assert written == ["frontier.png", "overoptimization.png", "length_hacking.png"]
+    assert written == ["frontier.png", "overoptimization.png", "length_hacking.png", "data_scale.png", "alignment_gap.png"]
     for name in written:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_single_feature_pairs_differ_in_that_feature_alone():
+    import reward_models
+    from common import task
+
+    prompts = task.split_prompts()[1][:30]
+    for feature in reward_models.FEATURES:
+        pairs = reward_models.single_feature_pairs(prompts, feature, seed=0)
+        assert len(pairs) == 60
+        for p, better, worse in pairs:
+            gb, gw = task.gold_components(p, better), task.gold_components(p, worse)
+            assert gb[feature] > gw[feature], (feature, better, worse)
+            assert all(gb[k] == gw[k] for k in reward_models.FEATURES if k != feature), (feature, better, worse)
