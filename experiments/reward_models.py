@@ -11,6 +11,7 @@ alignment-gap   Closing the gap with targeted examples: from a pool of responses
                 retrained with them; against the same number of random extra pairs. Train and eval split by prompt.
 """
 
+import functools
 import random
 import re
 from collections import Counter
@@ -61,13 +62,21 @@ def single_feature_pairs(prompts, feature, seed=0, per_prompt=2):
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def load_rm(rm_dir):
+    """(tokenizer, reward model) of a saved reward model, loaded once per directory."""
+    from common import models
+
+    return models.load_tokenizer(str(rm_dir)), models.load_reward_model(str(rm_dir), num_labels=None).eval()
+
+
 def rm_scores(rm_dir, prompts, texts, label=None):
     """(N,) normalized scores of a saved reward model (any of ours: one output, or rm_composite.py's composite)."""
     import torch
 
     from common import data, models, scoring
 
-    tok, rm = models.load_tokenizer(str(rm_dir)), models.load_reward_model(str(rm_dir), num_labels=None).eval()
+    tok, rm = load_rm(str(rm_dir))
     index = scoring._label_index(rm.config, label, str(rm_dir))
     mean, std = scoring.normalization(rm.config, index)
     out = []
