@@ -298,7 +298,8 @@ def plot(rows, fits, out_dir):
             ax.legend(fontsize=7)
         if with_gap:  # seed 000: "continue tracking the alignment gap"
             for setting, color in zip(dict.fromkeys(r["setting"] for r in part), ("tab:red", "tab:blue", "tab:green", "tab:purple")):
-                pts = sorted((r for r in part if r["method"] == "PPO" and r["setting"] == setting), key=lambda r: r["step"])
+                pts = sorted((r for r in part if r["method"] == "PPO" and r["setting"] == setting and "alignment_gap" in r),
+                             key=lambda r: r["step"])
                 axes[2].plot(np.sqrt(np.maximum([r["kl"] for r in pts], 0.0)), [r["alignment_gap"] for r in pts], "o-",
                              color=color, ms=4, label=setting)
             axes[2].axhline(0, color="gray", lw=0.5)
