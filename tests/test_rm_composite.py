@@ -199,3 +199,20 @@ def test_bad_flags_end_in_one_line(tmp_path, standin):
                        cwd=tmp_path)
     assert "--preference-attribute fun: " in line and "its attributes are helpfulness, correctness" in line
     assert "--rating-noise must be" in run_failing("rm_composite.py", "--rating-noise", "-1", cwd=tmp_path)
+
+
+def test_use_peft_saves_the_merged_model_with_the_composite_head(tmp_path):
+    """--use-peft trains adapters and the heads; the composite head is built on the merged weights, so the saved
+    model loads with transformers alone and its output 0 is still w . (outputs 1..A)."""
+    out = run_script("rm_composite.py", "--num-train-prompts", "20", "--num-epochs", "1", "--eval-pairs-per-prompt", "1",
+                     "--calibration-size", "64", "--stage2-pairs", "256", "--use-peft", "--lora-r", "4",
+                     "--output-dir", "m", cwd=tmp_path)
+    weights = [float(w) for w in re.search(r"weights truthful (\S+), helpful (\S+), harmless (\S+), polite (\S+), "
+                                           r"concise ([-\d.]+)", out).groups()]
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    assert not (tmp_path / "m" / "adapter_config.json").exists() and model.config.num_labels == 6
+    tok = models.load_tokenizer(str(tmp_path / "m"))
+    with torch.no_grad():
+        f = attribute_scores(model, [tok("Which is larger, 3 or 9? It is 9.").input_ids], tok.pad_token_id, "cpu")
+    rounding = 0.005 * f[0, 1:].abs().sum().item()  # the weights are printed to 2 decimals
+    assert f[0, 0].item() == pytest.approx((f[0, 1:] @ torch.tensor(weights)).item(), abs=rounding + 1e-4)
