@@ -258,6 +258,8 @@ if __name__ == "__main__":
         non_negative=["center_coef", "weight_decay"],
         rules=[("flip_rate", 0 <= args.flip_rate <= 1, "in [0, 1]"),
                ("counterexample_frac", 0 <= args.counterexample_frac <= 1, "in [0, 1]"),
+               ("extra_pairs", not args.extra_pairs or args.dataset == "embedded",
+                "used with the embedded task only (add the pairs to your own --dataset file)"),
                ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
                runs.prompt_length_rule(args)],
     )

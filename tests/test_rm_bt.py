@@ -198,3 +198,5 @@ def test_calibration_to_gold_and_extra_pairs(tmp_path):
     code, text = run_capture("rm_bt.py", "--extra-pairs", "leak.jsonl", cwd=tmp_path)
     assert code == 1 and "--extra-pairs leak.jsonl: 2 of its 2 pairs are on eval prompts" in text
     assert "Loading weights" not in text
+    code, text = run_capture("rm_bt.py", "--dataset", "extra.jsonl", "--extra-pairs", "extra.jsonl", cwd=tmp_path)
+    assert code == 1 and "--extra-pairs must be used with the embedded task only" in text and "Traceback" not in text
