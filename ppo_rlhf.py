@@ -138,7 +138,8 @@ def per_token_kl(logprobs, ref_logprobs, estimator="k1", clamp=False):
     """(B, T) KL(pi || ref) estimate per sampled token, with log r = ref_logprobs - logprobs (Schulman's note):
     k1 = -log r (can be negative), k3 = (exp(log r) - 1) - log r (never negative). Both values are unbiased, but as a
     detached reward only k1 has the KL's expected policy gradient; k3's is that of KL(pi || ref) - KL(ref || pi) (GRPO
-    puts k3 in the loss with its own gradient, where it is unbiased). clamp: max(kl, 0), as AlpacaFarm does with k1."""
+    puts k3 in the loss, where its expected gradient is that of KL(ref || pi): grpo.py). clamp: max(kl, 0), as
+    AlpacaFarm does with k1."""
     log_ratio = ref_logprobs - logprobs
     kl = -log_ratio if estimator == "k1" else torch.expm1(log_ratio) - log_ratio
     return kl.clamp(min=0.0) if clamp else kl

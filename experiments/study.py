@@ -38,7 +38,8 @@ import tyro
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import reward_models  # noqa: E402  (experiments/, beside this file)
+import methods  # noqa: E402  (experiments/, beside this file)
+import reward_models  # noqa: E402
 
 
 @dataclass
@@ -50,7 +51,8 @@ class Args:
     seed: int = 1
     """seed of every run"""
     only: str = ""
-    """comma-separated parts to run: frontier, overoptimization, length, data-scale, alignment-gap; '' runs all"""
+    """comma-separated parts to run: frontier, overoptimization, length, data-scale, alignment-gap, methods; '' runs
+    all"""
     python: str = sys.executable
     """the interpreter that runs the scripts"""
     plot_only: bool = False
@@ -322,6 +324,7 @@ def plot(rows, fits, out_dir):
             ax.legend(fontsize=8)
         save(fig, "length_hacking.png")
     written += reward_models.plot(rows, out_dir, plt)
+    written += methods.plot(rows, out_dir, plt)
     plt.close("all")
     return written
 
@@ -367,7 +370,15 @@ CONFIGS[False] |= dict(scale_pairs=[(250, 1), (1000, 1), (1566, 4), (1566, 16), 
                        gap_prompts=1566, gap_pairs_per_prompt=4, gap_pool_per_prompt=4, gap_extra_pairs=1500, gap_ppo_episodes=6400)
 CONFIGS[True] |= dict(scale_pairs=[(250, 1), (1000, 1), (1000, 4)], scale_rankings=[100, 400],
                       gap_prompts=300, gap_pairs_per_prompt=4, gap_pool_per_prompt=4, gap_extra_pairs=300, gap_ppo_episodes=1920)
-PARTS = ("frontier", "overoptimization", "length", "data-scale", "alignment-gap")
+# the methods compared (experiments/methods.py): seeds, eval prompts, samples per prompt, each method's flags
+CONFIGS[False] |= dict(methods_seeds=[1, 2, 3], methods_eval_prompts=174, methods_samples=4, methods_rm_flags=[],
+                       methods_ei_flags=["--n", 16], methods_ppo_flags=[], methods_grpo_flags=[],
+                       methods_dpo_flags=["--eval-every", 400])
+CONFIGS[True] |= dict(methods_seeds=[1, 2, 3], methods_eval_prompts=64, methods_samples=2,
+                      methods_rm_flags=["--num-train-prompts", 300], methods_dpo_flags=["--num-train-prompts", 300],
+                      methods_ei_flags=["--n", 16, "--prompts-per-round", 300], methods_ppo_flags=["--total-episodes", 1280],
+                      methods_grpo_flags=["--total-episodes", 3200])
+PARTS = ("frontier", "overoptimization", "length", "data-scale", "alignment-gap", "methods")
 
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
@@ -396,6 +407,8 @@ if __name__ == "__main__":
         reward_models.data_scale(args, cfg, rows)
     if "alignment-gap" in parts:
         reward_models.alignment_gap_part(args, cfg, rows)
+    if "methods" in parts:
+        methods.methods(args, cfg, rows)
     for r in rows:
         if "kl" in r:
             r["sqrt_kl"] = math.sqrt(max(r["kl"], 0.0))

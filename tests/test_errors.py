@@ -45,6 +45,17 @@ CASES = {
         "ppo_rlhf.py", ["--rollout-batch-size", "3", "--num-mini-batches", "4", "--total-episodes", "2"], {},
         ["--rollout-batch-size must be at least --num-mini-batches (4) per process, got 3",
          "--total-episodes must be at least --rollout-batch-size, got 2"]),
+    "grpo groups of one and a rollout that does not split into groups": (
+        "grpo.py", ["--num-generations", "1", "--rollout-batch-size", "20", "--num-mini-batches", "4"], {},
+        ["--num-generations must be at least 2 (a group of one response has no baseline), got 1"]),
+    "grpo rollout not whole groups": (
+        "grpo.py", ["--num-generations", "8", "--rollout-batch-size", "20", "--num-mini-batches", "4"], {},
+        ["--rollout-batch-size must be a multiple of --num-generations x processes (8 x 1): whole groups on each "
+         "process, got 20", "--rollout-batch-size must be at least --num-mini-batches (4) groups of 8 per process, got 20"]),
+    "expert iteration sizes": (
+        "expert_iteration.py", ["--rounds", "0", "--n", "0", "--sft-learning-rate", "-1"], {},
+        ["--rounds must be a positive integer, got 0", "--n must be a positive integer, got 0",
+         "--sft-learning-rate must be a positive number, got -1.0"]),
     "a model path that does not exist": (
         "dpo.py", ["--model", "/nonexistent"], {}, ["/nonexistent: no such file or directory"]),
     "a reward model path that does not exist": (
@@ -65,7 +76,8 @@ CASES = {
         "ppo_rlhf.py", ["--stop-token", "<nope>"], {},
         ["--stop-token '<nope>' is not one token of the tokenizer of common/bundled_model"]),
 }
-SCRIPTS = ["sft.py", "rm_bt.py", "rm_kwise.py", "ppo_rlhf.py", "dpo.py"]
+SCRIPTS = ["sft.py", "rm_bt.py", "rm_kwise.py", "ppo_rlhf.py", "dpo.py", "rm_composite.py", "grpo.py",
+           "expert_iteration.py"]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+import methods  # noqa: E402
 import study  # noqa: E402
 
 
@@ -74,6 +75,9 @@ def test_csv_round_trip_and_plots_from_synthetic_points(tmp_path):
                   **features) for m in ("pairs (rm_bt.py)", "rankings of 4-9 (rm_kwise.py)") for n in (100, 1000)]
     rows += [dict(part="alignment-gap", method=m, setting=m, alignment_gap=0.8, gold_accuracy=0.8, ppo_gold=1.0)
              for m in ("RM0 (the labeler's pairs)", "RM0's pairs + 300 random", "RM0's pairs + 300 targeted")]
+    rows += [dict(part="methods", method=m, setting=f"seed={s}", seed=s, step=0, win_rate=0.5 + 0.02 * i + 0.01 * s,
+                  win_rate_se=0.02, gold=0.3 * i, gold_se=0.1, kl=0.4 * i, seconds=60.0 * i, distinct_2=0.5)
+             for i, m in enumerate(methods.METHODS) for s in (1, 2, 3)]
     study.write_csv(tmp_path / "results.csv", rows)
     back = study.read_csv(tmp_path / "results.csv")
     assert len(back) == len(rows) and back[0] == rows[0] | {"step": 0.0}  # numbers come back as floats, text as text
@@ -81,8 +85,12 @@ def test_csv_round_trip_and_plots_from_synthetic_points(tmp_path):
     assert "proxy" not in back[0] and length[-1]["response_tokens"] == 24.0  # empty cells are dropped, not zeros
     pytest.importorskip("matplotlib")
     written = study.plot(back, fits, tmp_path)
-    assert written == ["frontier.png", "overoptimization.png", "length_hacking.png", "data_scale.png", "alignment_gap.png"]
-    for name in written:
+    assert written == ["frontier.png", "overoptimization.png", "length_hacking.png", "data_scale.png", "alignment_gap.png",
+                       "methods.png", "methods.md"]
+    table = (tmp_path / "methods.md").read_text().splitlines()
+    assert len(table) == 2 + len(methods.METHODS)  # header, rule, one row per method: the means over the 3 seeds
+    assert table[3] == "| best-of-16 | 54.0 ± 2.0 | 53.0 to 55.0 (3 seeds) | 0.30 | 0.40 | 0.50 | 1.0 |"
+    for name in written[:-1]:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -98,3 +106,19 @@ def test_single_feature_pairs_differ_in_that_feature_alone():
             gb, gw = task.gold_components(p, better), task.gold_components(p, worse)
             assert gb[feature] > gw[feature], (feature, better, worse)
             assert all(gb[k] == gw[k] for k in reward_models.FEATURES if k != feature), (feature, better, worse)
+
+
+def test_methods_win_rate_distinct_ngrams_and_standard_error_by_hand():
+    from common import task
+
+    labeler, p = task.Labeler(), "Which is larger, 3 or 5?"
+    good, bad = "The answer is 5.", "Obviously. The answer is 3."
+    d = (task.gold_reward(p, good) - task.gold_reward(p, bad)) / 0.5
+    win = methods.win_rate(labeler, [p, p], [[good, good], [good, bad]], [[bad, good], [good, good]])
+    # prompt 1: good over bad, and a tie (one half); prompt 2: a tie, and bad over good
+    assert win[0] == pytest.approx((1 / (1 + math.exp(-d)) + 0.5) / 2)
+    assert win[1] == pytest.approx((0.5 + 1 / (1 + math.exp(d))) / 2)
+    assert methods.distinct_ngrams(["a b c", "a b d"]) == pytest.approx(3 / 4)  # (a b), (b c), (a b), (b d)
+    assert methods.distinct_ngrams(["same words", "same words"]) == 0.5 and methods.distinct_ngrams(["one"]) == 0.0
+    mean, se = methods.mean_and_se([1.0, 2.0, 3.0, 6.0])
+    assert mean == 3.0 and se == pytest.approx(math.sqrt(((4 + 1 + 0 + 9) / 3) / 4))
