@@ -92,10 +92,12 @@ def best_of_n(scores, n):
 
 def select(prompts, texts, scores, n):
     """The SFT rows of a round: for each prompt (its n samples consecutive in texts and scores), {"prompt",
-    "completion"} with the best-scored response, and the per-prompt best and mean scores."""
+    "completion"} with the best-scored response, except where that response is empty (the policy stopped at once:
+    sft.py has no completion to learn), counted; the per-prompt best and mean scores; the number of empty ones."""
     best, top, mean = best_of_n(scores, n)
     rows = [{"prompt": p, "completion": texts[i * n + b]} for i, (p, b) in enumerate(zip(prompts, best.tolist()))]
-    return rows, top, mean
+    kept = [r for r in rows if r["completion"]]
+    return kept, top, mean, len(rows) - len(kept)
 
 
 @torch.no_grad()
@@ -143,19 +145,19 @@ if __name__ == "__main__":
         prompts = train_prompts
         if args.prompts_per_round is not None and args.prompts_per_round < len(train_prompts):
             prompts = rng.sample(train_prompts, args.prompts_per_round)
-        scalars, tic = {}, time.time()
+        scalars, empty, tic = {}, {}, time.time()
         (run_dir / f"round{rnd}" / "data").mkdir(parents=True, exist_ok=True)
         for split, split_prompts in (("train", prompts), ("test", eval_prompts)):
             queries = data.encode_prompts(tokenizer, split_prompts, args.max_prompt_length, f"{split} prompts")
             texts, scores = sample_and_score(policy, tokenizer, reward, split_prompts, queries, args.n, gen_config,
                                              stop_ids, args.sampling_batch_size, autocast)
-            rows, top, mean = select(split_prompts, texts, scores, args.n)
+            rows, top, mean, empty[split] = select(split_prompts, texts, scores, args.n)
             task.export_jsonl(rows, run_dir / f"round{rnd}" / "data" / f"{split}.jsonl")  # sft.py's dataset
             samples = [{"prompt": p, "responses": texts[i * args.n : (i + 1) * args.n],
                         "scores": scores[i * args.n : (i + 1) * args.n].tolist()} for i, p in enumerate(split_prompts)]
             task.export_jsonl(samples, run_dir / f"round{rnd}" / f"{split}_samples.jsonl")  # all n, scored
             scalars |= {f"{split}/best_score": top.mean().item(), f"{split}/mean_score": mean.mean().item()}
-            if all(task.is_task_prompt(p) for p in split_prompts):  # the truth of what was kept
+            if rows and all(task.is_task_prompt(p) for p in split_prompts):  # the truth of what was kept
                 gold = [task.gold_reward(r["prompt"], r["completion"]) for r in rows]
                 scalars[f"{split}/best_gold"] = sum(gold) / len(gold)
         runs.log_scalars(writer, scalars, rnd, prefix="round/")
@@ -163,10 +165,13 @@ if __name__ == "__main__":
               f" (mean of n) -> {scalars['train/best_score']:.3f} (kept)"
               + (f", gold of the kept {scalars['train/best_gold']:.3f}" if "train/best_gold" in scalars else "")
               + f" ({time.time() - tic:.0f}s)")
+        if sum(empty.values()):  # the judge's best was to say nothing: a reward model's blind spot, shown not hidden
+            print(f"round {rnd}: the best response was empty for {empty['train']} train and {empty['test']} test "
+                  "prompts: left out of the SFT data")
         del policy, reward  # sft.py runs in its own process(es) and needs the memory
 
         # 2. Fine-tune the current policy on the kept responses with sft.py
-        print(f"round {rnd}: fine-tuning {policy_path} on the {len(prompts)} kept responses")
+        print(f"round {rnd}: fine-tuning {policy_path} on the {len(prompts) - empty['train']} kept responses")
         out_dir = args.output_dir if rnd == args.rounds and args.output_dir else run_dir / f"round{rnd}" / "model"
         launcher = [sys.executable]
         if args.nproc_per_node > 1:

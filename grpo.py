@@ -144,9 +144,6 @@ def rloo_advantages(rewards, k):
     return (groups - others_mean).flatten()
 
 
-ADVANTAGES = {"grpo": grpo_advantages, "rloo": rloo_advantages}
-
-
 def k3_kl(logprobs, ref_logprobs):
     """(B, T) k3 = exp(ref - logp) - (ref - logp) - 1 per token (Schulman's note; GRPO's KL term): never negative,
     with its gradient kept. Sampled from pi, its expected gradient is that of KL(ref || pi) (tests/test_grpo.py)."""

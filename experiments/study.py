@@ -16,6 +16,9 @@
    K-wise rankings against pairs at equal labeling effort.
 5. Alignment gap (seed 000, experiments/reward_models.py): targeted examples where RM and gold disagree most,
    against as many random extra pairs: the RMs' alignment gap and accuracy, and PPO's gold against each.
+6. Methods compared (seed 004, AlpacaFarm's table; experiments/methods.py): best-of-n, expert iteration, PPO, RLOO,
+   GRPO, Dr. GRPO and DPO from one base policy and one learned RM per seed, PPO on gold as the ceiling: win rate
+   against the base policy as the labeler judges it, gold, KL, wall time and diversity, over 3 seeds.
 
 Every run is one of the project's scripts, launched as a user would (`python ppo_rlhf.py ...`), its numbers read
 back from its TensorBoard log. Writes <out-dir>/results.csv (one row per measured point), frontier.png,
@@ -371,13 +374,14 @@ CONFIGS[False] |= dict(scale_pairs=[(250, 1), (1000, 1), (1566, 4), (1566, 16), 
 CONFIGS[True] |= dict(scale_pairs=[(250, 1), (1000, 1), (1000, 4)], scale_rankings=[100, 400],
                       gap_prompts=300, gap_pairs_per_prompt=4, gap_pool_per_prompt=4, gap_extra_pairs=300, gap_ppo_episodes=1920)
 # the methods compared (experiments/methods.py): seeds, eval prompts, samples per prompt, each method's flags
-CONFIGS[False] |= dict(methods_seeds=[1, 2, 3], methods_eval_prompts=174, methods_samples=4, methods_rm_flags=[],
-                       methods_ei_flags=["--n", 16], methods_ppo_flags=[], methods_grpo_flags=[],
-                       methods_dpo_flags=["--eval-every", 400])
-CONFIGS[True] |= dict(methods_seeds=[1, 2, 3], methods_eval_prompts=64, methods_samples=2,
+CONFIGS[False] |= dict(methods_seeds=[1, 2, 3], methods_eval_prompts=174, methods_samples=2,
+                       methods_rm_flags=["--eval-every", 400], methods_dpo_flags=["--eval-every", 400],
+                       methods_ei_flags=["--n", 16, "--prompts-per-round", 500, "--num-eval-prompts", 64],
+                       methods_ppo_flags=[], methods_grpo_flags=[])
+CONFIGS[True] |= dict(methods_seeds=[1, 2], methods_eval_prompts=48, methods_samples=2,
                       methods_rm_flags=["--num-train-prompts", 300], methods_dpo_flags=["--num-train-prompts", 300],
-                      methods_ei_flags=["--n", 16, "--prompts-per-round", 300], methods_ppo_flags=["--total-episodes", 1280],
-                      methods_grpo_flags=["--total-episodes", 3200])
+                      methods_ei_flags=["--n", 16, "--prompts-per-round", 150, "--num-eval-prompts", 32],
+                      methods_ppo_flags=["--total-episodes", 1280], methods_grpo_flags=["--total-episodes", 2560])
 PARTS = ("frontier", "overoptimization", "length", "data-scale", "alignment-gap", "methods")
 
 if __name__ == "__main__":

@@ -15,13 +15,16 @@ from conftest import run_script
 def test_best_of_n_against_a_loop_first_of_equal_scores():
     scores = torch.tensor([0.1, 0.7, 0.7, -1.0, 2.0, 2.0, 1.0, 3.0, 0.0])  # 3 prompts x 3 samples, two with ties
     texts = [f"t{i}" for i in range(9)]
-    rows, top, mean = expert_iteration.select(["p0", "p1", "p2"], texts, scores, 3)
+    rows, top, mean, empty = expert_iteration.select(["p0", "p1", "p2"], texts, scores, 3)
     for i in range(3):
         block = scores[3 * i : 3 * i + 3].tolist()
         first_best = block.index(max(block))
         assert rows[i] == {"prompt": f"p{i}", "completion": f"t{3 * i + first_best}"}
         assert top[i].item() == max(block) and abs(mean[i].item() - sum(block) / 3) < 1e-6
-    assert [r["completion"] for r in rows] == ["t1", "t4", "t7"]
+    assert [r["completion"] for r in rows] == ["t1", "t4", "t7"] and empty == 0
+    texts[4] = ""  # the best of prompt 1 is an empty response: left out, counted
+    rows, _, _, empty = expert_iteration.select(["p0", "p1", "p2"], texts, scores, 3)
+    assert [r["completion"] for r in rows] == ["t1", "t7"] and empty == 1
 
 
 def test_rounds_sample_keep_the_best_and_fine_tune_from_the_last_round(tmp_path):

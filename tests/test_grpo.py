@@ -13,15 +13,7 @@ import grpo
 from common import models, sampling, task
 from conftest import check_lora_save, run_script, scalars
 
-
-@pytest.fixture(autouse=True)
-def one_cpu_thread(monkeypatch):
-    """One CPU thread, here and in the scripts run (a shared 2-core machine)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # conftest.py
 
 
 # ---------------------------------------------------------------- advantages
@@ -157,9 +149,13 @@ TINY = ["--total-episodes", "192", "--rollout-batch-size", "32", "--num-generati
         "--num-eval-prompts", "64", "--log-samples-every", "3"]
 
 
-@pytest.mark.parametrize("flags, kl_in", [([], "loss"), (["--advantage", "rloo"], "reward"),
+@pytest.mark.parametrize("flags, kl_in", [([], "loss"),
+                                          (["--advantage", "rloo", "--reward-model", "rewards.py:gold"], "reward"),
                                           (["--no-scale-rewards", "--loss-averaging", "constant"], "loss")])
 def test_end_to_end_learns_and_logs_the_names_of_ppo_rlhf(tmp_path, flags, kl_in):
+    """GRPO, RLOO (against a user's reward function: the gold reward, through common/scoring.py) and Dr. GRPO."""
+    (tmp_path / "rewards.py").write_text("from common import task\n\n\ndef gold(prompts, completions):\n"
+                                         "    return [task.gold_reward(p, c) for p, c in zip(prompts, completions)]\n")
     out = run_script("grpo.py", *TINY, *flags, "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
     assert f"KL in the {kl_in} (beta {0.04 if kl_in == 'loss' else 0.05})" in out
     before, after = map(float, re.search(r"eval gold (-?[\d.]+) -> (-?[\d.]+) \(best 3.5\)", out).groups())

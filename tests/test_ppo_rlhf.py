@@ -11,15 +11,7 @@ import ppo_rlhf
 from common import data, models, sampling, task
 from conftest import LORA_KINDS, check_lora_save, run_script, scalars
 
-
-@pytest.fixture(autouse=True)
-def one_cpu_thread(monkeypatch):
-    """One CPU thread, here and in the scripts run: on a shared 2-core machine, spinning threads made them 6x slower."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # conftest.py
 
 
 # ---------------------------------------------------------------- KL estimators and the adaptive controller

@@ -89,7 +89,7 @@ def test_csv_round_trip_and_plots_from_synthetic_points(tmp_path):
                        "methods.png", "methods.md"]
     table = (tmp_path / "methods.md").read_text().splitlines()
     assert len(table) == 2 + len(methods.METHODS)  # header, rule, one row per method: the means over the 3 seeds
-    assert table[3] == "| best-of-16 | 54.0 ± 2.0 | 53.0 to 55.0 (3 seeds) | 0.30 | 0.40 | 0.50 | 1.0 |"
+    assert table[3] == "| best-of-16 | 54.0 ± 2.0 | 53.0 to 55.0 (3 seeds) | 0.30 | 0.40 | 0.50 | 60 |"
     for name in written[:-1]:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
