@@ -187,7 +187,8 @@ def plot(rows, out_dir, plt):
         axes[0].bar(i, np.mean(win), color="tab:gray" if "SFT" in mth else "tab:blue", alpha=0.6)
         axes[0].errorbar([i] * len(win), win, yerr=[100 * r["win_rate_se"] for r in run], fmt="o", color="black",
                          ms=3, capsize=2)
-        axes[1].scatter([r["kl"] for r in run], [r["gold"] for r in run], label=mth, s=20)
+        axes[1].scatter([r["kl"] for r in run], [r["gold"] for r in run], label=mth, s=22,
+                        color=plt.cm.tab20(i / len(METHODS)), marker="os^vD"[i % 5])
     axes[0].axhline(50, color="gray", lw=0.5)
     axes[0].set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
     axes[0].set(ylabel="win rate against the base policy (%)",

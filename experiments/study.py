@@ -1,7 +1,9 @@
 """The papers' claims in miniature, on the embedded task: one command trains the models and draws the plots.
 
-    python experiments/study.py            # the whole study (about 50 minutes on 2 CPU cores)
-    python experiments/study.py --quick    # smaller data and shorter runs (10 minutes): the same plots, noisier
+    python experiments/study.py            # the whole study (over 2.5 hours on 2 CPU cores; each part's time is in
+                                           # experiments/README.md: the methods part 61 minutes)
+    python experiments/study.py --quick    # smaller data and shorter runs (4 to 10 minutes a part): the same plots,
+                                           # noisier
 
 1. Reward-KL frontier (Rafailov et al. 2023, the sentiment experiment): gold reward against the sequence-level
    KL to the base policy for PPO on the gold reward (a sweep of --kl-coef), DPO (a sweep of --beta) and best-of-n
@@ -50,7 +52,7 @@ class Args:
     out_dir: str = ""
     """where results.csv, the plots and the runs' logs are written; '' is runs/study (with --quick runs/study_quick)"""
     quick: bool = False
-    """10 minutes instead of 50: fewer train prompts, shorter runs, fewer sweep points"""
+    """minutes instead of hours: fewer train prompts, shorter runs, fewer sweep points and seeds"""
     seed: int = 1
     """seed of every run"""
     only: str = ""
