@@ -216,7 +216,8 @@ def test_two_processes_follow_the_one_process_trajectory(tmp_path, layout):
     """torchrun with 2 processes, each taking half of every global batch of 16 prompts (or of the pairs), logs the
     same train loss and accuracy at every step as 1 process, within 1e-4; rank 0 alone prints and saves. 51 prompts:
     the last batch of 3 prompts is split 2 + 1, where an unweighted average over ranks is not the batch mean."""
-    flags = ["--num-train-prompts", "51", "--num-epochs", "1", "--eval-every", "1000", "--reference-size", "64", *layout]
+    flags = ["--num-train-prompts", "51", "--num-epochs", "1", "--eval-every", "1000", "--reference-size", "64",
+             "--calibration-size", "64", *layout]
     runs = {}
     for nproc in (1, 2):
         cwd = tmp_path / f"nproc{nproc}"
