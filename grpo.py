@@ -83,8 +83,8 @@ class Args:
     """beta; if not given: 0.04 with the KL in the loss (DeepSeekMath), 0.05 in the reward (as ppo_rlhf.py)"""
     loss_averaging: Literal["sequence", "token", "constant"] = "sequence"
     """how per-token losses become one number: 'sequence' means over each response's tokens, then over responses
-    (GRPO); 'token' one mean over all tokens of the minibatch (DAPO); 'constant' their sum / (responses x
-    --response-length) (Dr. GRPO: no length normalization)"""
+    (GRPO); 'token' one mean over all tokens of the minibatch (DAPO; under torchrun each process's, then averaged);
+    'constant' their sum / (responses x --response-length) (Dr. GRPO: no length normalization)"""
 
     total_episodes: int = 16000
     """responses to train on in all (prompts x num_generations); updates = total_episodes // rollout_batch_size (the
