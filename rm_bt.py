@@ -338,11 +338,10 @@ if __name__ == "__main__":
         say(f"labeler's ceiling on the {len(eval_rows)} eval pairs: {ceiling:.3f}")
     calibration = None
     if embedded and args.calibration_size:  # absolute gold ratings of generator responses on train prompts
-        cal_rows = task.calibration_rows(train_prompts, args.calibration_size, args.seed + 4)
-        cal_ids = [ids for ids, _ in data.encode_demonstrations(tokenizer, cal_rows, args.max_length,
-                                                                args.max_prompt_length, "calibration responses", False)]
+        cal_ids, cal_gold = data.calibration_set(tokenizer, train_prompts, args.calibration_size, args.seed + 4,
+                                                 args.max_length, args.max_prompt_length)
         eval_gold = [task.gold_reward(r["prompt"], r[k]) for k in ("chosen", "rejected") for r in eval_rows]
-        calibration = (cal_ids, [task.gold_reward(r["prompt"], r["completion"]) for r in cal_rows], eval_gold)
+        calibration = (cal_ids, cal_gold, eval_gold)
 
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
     num_steps = args.num_epochs * len(runs.global_batches(list(range(len(train))), global_batch, world))

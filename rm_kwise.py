@@ -327,10 +327,8 @@ if __name__ == "__main__":
         say(f"labeler's ceiling on held-out pairwise accuracy: {ceiling:.3f} ({len(ceil)} eval pairs)")
     cal_ids = None
     if embedded and args.calibration_size:  # absolute gold ratings of generator responses on train prompts
-        cal_rows = task.calibration_rows(train_prompts, args.calibration_size, args.seed + 4)
-        cal_ids = [ids for ids, _ in data.encode_demonstrations(tokenizer, cal_rows, args.max_length,
-                                                                args.max_prompt_length, "calibration responses", False)]
-        cal_gold = [task.gold_reward(r["prompt"], r["completion"]) for r in cal_rows]
+        cal_ids, cal_gold = data.calibration_set(tokenizer, train_prompts, args.calibration_size, args.seed + 4,
+                                                 args.max_length, args.max_prompt_length)
 
     # Batches: per prompt (all C(K,2) pairs of a prompt in one batch element, InstructGPT), or shuffled pairs
     steps_per_epoch = math.ceil(len(train_ids) / args.prompts_per_batch)

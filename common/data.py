@@ -96,20 +96,27 @@ def open_dataset(name, config=None):
     return {split: [(f"{name}[{split}] row {i}", rec) for i, rec in enumerate(d[split], 1)] for split in d}
 
 
+def eval_split(splits, dataset, train_split, test_split):
+    """The split to evaluate on: test_split, else "test" or "validation" where there is one, else None (hold out
+    prompts). Stops with one line when a split named by a flag is not in the dataset."""
+    for flag, split in (("--dataset-train-split", train_split), ("--dataset-test-split", test_split)):
+        if split is not None and split not in splits:
+            raise DataError(f"{flag} {split}: {dataset} has no such split; its splits are {', '.join(splits)}")
+    if test_split is None:
+        test_split = next((s for s in ("test", "validation") if s in splits and s != train_split), None)
+    return test_split
+
+
 def load_rows(dataset, kind, config=None, train_split="train", test_split=None, eval_frac=0.05, verbose=True):
     """(train_rows, eval_rows) of a kind. The eval rows are test_split, or by default the "test" or "validation"
     split where there is one, else a held-out eval_frac of the prompts (no prompt on both sides)."""
     splits = open_dataset(dataset, config)
-    for flag, split in (("--dataset-train-split", train_split), ("--dataset-test-split", test_split)):
-        if split is not None and split not in splits:
-            raise DataError(f"{flag} {split}: {dataset} has no such split; its splits are {', '.join(splits)}")
+    test_split = eval_split(splits, dataset, train_split, test_split)
     one_file = list(splits) == ["train"] and Path(dataset).suffix in (".jsonl", ".json")
     train = validate(splits[train_split], kind, dataset if one_file else f"{dataset}[{train_split}]")
     if not train:
         empty = " (the file is empty)" if one_file else ""
         raise DataError(f"--dataset {dataset}: no rows in split {train_split}" + empty)
-    if test_split is None:
-        test_split = next((s for s in ("test", "validation") if s in splits and s != train_split), None)
     if test_split is not None:
         evals, where = validate(splits[test_split], kind, f"{dataset}[{test_split}]"), f"split {test_split}"
     else:
@@ -171,11 +178,7 @@ def load_ratings(dataset, config=None, train_split="train", test_split=None, eva
     """(train_rows, eval_rows, attributes): rated responses {"prompt", "response", "ratings": {attribute: number or
     None}} of every attribute (one missing from a row is None, counted), split as load_rows splits."""
     splits = open_dataset(dataset, config)
-    for flag, split in (("--dataset-train-split", train_split), ("--dataset-test-split", test_split)):
-        if split is not None and split not in splits:
-            raise DataError(f"{flag} {split}: {dataset} has no such split; its splits are {', '.join(splits)}")
-    if test_split is None:
-        test_split = next((s for s in ("test", "validation") if s in splits and s != train_split), None)
+    test_split = eval_split(splits, dataset, train_split, test_split)
     read, errors, attributes = {}, [], {}
     for split in (train_split, test_split):
         read[split] = []
@@ -495,6 +498,14 @@ def report(counts, what, say=print, max_unknown=0.05):
                         "pass --model with a pretrained model (e.g. gpt2)")
     cut = {k: v for k, v in counts.items() if "truncated" in k or k == "unknown tokens"}
     say(f"{what}: {total} sequences" + "".join(f", {v} {k}" for k, v in cut.items() if v))
+
+
+def calibration_set(tokenizer, prompts, n, seed, max_length, max_prompt_length):
+    """(ids, gold): n generator responses to these prompts (task.calibration_rows), encoded as the reward model reads
+    a (prompt, completion), and their gold rewards: the calibration set of the alignment gap."""
+    rows = task.calibration_rows(prompts, n, seed)
+    encoded = encode_demonstrations(tokenizer, rows, max_length, max_prompt_length, "calibration responses", False)
+    return [ids for ids, _ in encoded], [task.gold_reward(r["prompt"], r["completion"]) for r in rows]
 
 
 def pad(seqs, value, side="right"):

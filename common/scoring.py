@@ -28,7 +28,7 @@ import torch
 from common import data, models, runs, task
 
 
-def _label_index(config, label, name):
+def label_index(config, label, name):
     """The output to read: --reward-label as a name of config.id2label or an index; required with several labels."""
     labels = {int(i): str(v) for i, v in config.id2label.items()}
     if label is None:
@@ -90,7 +90,7 @@ def load(spec, policy_tokenizer, label=None, device="cpu", trust_remote_code=Fal
     same_vocab = kind == "decoder" and tokenizer.get_vocab() == policy_tokenizer.get_vocab()
     if kind == "encoder":
         tokenizer.truncation_side = "left"  # a long prompt loses its beginning, never the response
-    return {"kind": kind, "model": model, "tokenizer": tokenizer, "label": _label_index(model.config, label, spec),
+    return {"kind": kind, "model": model, "tokenizer": tokenizer, "label": label_index(model.config, label, spec),
             "same_vocab": same_vocab, "context": models.context_length(model, tokenizer), "name": spec}
 
 

@@ -77,7 +77,7 @@ def rm_scores(rm_dir, prompts, texts, label=None):
     from common import data, models, scoring
 
     tok, rm = load_rm(str(rm_dir))
-    index = scoring._label_index(rm.config, label, str(rm_dir))
+    index = scoring.label_index(rm.config, label, str(rm_dir))
     mean, std = scoring.normalization(rm.config, index)
     out = []
     with torch.no_grad():

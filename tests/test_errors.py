@@ -56,6 +56,9 @@ CASES = {
         "expert_iteration.py", ["--rounds", "0", "--n", "0", "--sft-learning-rate", "-1"], {},
         ["--rounds must be a positive integer, got 0", "--n must be a positive integer, got 0",
          "--sft-learning-rate must be a positive number, got -1.0"]),
+    "expert iteration: a flag sft.py does not know": (
+        "expert_iteration.py", ["--sft-flags=--num-epoch 2"], {},
+        ["--sft-flags '--num-epoch 2': sft.py refuses it: Unrecognized options: --num-epoch, 2"]),
     "a model path that does not exist": (
         "dpo.py", ["--model", "/nonexistent"], {}, ["/nonexistent: no such file or directory"]),
     "a reward model path that does not exist": (
