@@ -75,12 +75,9 @@ class Args:
     """embedded task only: comparisons per train prompt (fresh pairs beat extra epochs on the same ones)"""
     eval_pairs_per_prompt: int = 2
     """embedded task only: comparisons per eval prompt"""
-    labeler_temperature: float = 0.5
-    """embedded task only: the labeler's Bradley-Terry temperature (higher is noisier)"""
-    flip_rate: float = 0.0
-    """embedded task only: probability that a label is flipped"""
-    length_bias: float = 0.0
-    """embedded task only: the labeler's preference per word of length"""
+    labelers: tyro.conf.OmitArgPrefixes[task.LabelerArgs] = field(default_factory=task.LabelerArgs)
+    """embedded task only: who labels the pairs: --labeler-temperature, --flip-rate, --length-bias, --num-labelers,
+    --outlier-labelers, --tie-threshold (see task.LabelerArgs)"""
     num_train_prompts: Optional[int] = None
     """embedded task only: the first N train prompts (None: all 1566; fewer for quick runs or data-size ablations)"""
     num_eval_prompts: Optional[int] = None
@@ -266,13 +263,12 @@ if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
     runs.check_args(
         args,
-        positive=["pairs_per_prompt", "eval_pairs_per_prompt", "labeler_temperature", "num_train_prompts",
+        positive=["pairs_per_prompt", "eval_pairs_per_prompt", "num_train_prompts",
                   "num_eval_prompts", "beta", "num_epochs", "per_device_batch_size", "gradient_accumulation_steps",
                   "learning_rate", "max_length", "max_prompt_length", "eval_every", "eval_samples_per_prompt",
                   "max_new_tokens", "temperature"],
         non_negative=["rpo_alpha"],
-        rules=[("flip_rate", 0 <= args.flip_rate <= 1, "in [0, 1]"),
-               ("label_smoothing", 0 <= args.label_smoothing < 0.5, "in [0, 0.5)"),
+        rules=[("label_smoothing", 0 <= args.label_smoothing < 0.5, "in [0, 0.5)"),
                ("label_smoothing", args.label_smoothing == 0 or args.loss_type == "sigmoid", "0 with this --loss-type"),
                ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
                runs.prompt_length_rule(args)],
@@ -284,11 +280,13 @@ if __name__ == "__main__":
 
     # Data (read and checked before any model loads): preference pairs; the eval pairs are on prompts never trained on
     if args.dataset == "embedded":
-        labeler = task.Labeler(args.labeler_temperature, args.flip_rate, args.length_bias)
+        labeler = task.labeler_pool(args.labelers)
         train_prompts, eval_prompts = task.split_prompts()
         train_prompts, eval_prompts = train_prompts[: args.num_train_prompts], eval_prompts[: args.num_eval_prompts]
         train_rows = task.make_pairs(train_prompts, labeler, args.pairs_per_prompt, seed=args.seed)
         eval_rows = task.make_pairs(eval_prompts, labeler, args.eval_pairs_per_prompt, seed=args.seed + 1)
+        task.report_ties(train_rows, train_prompts, args.pairs_per_prompt, "train pairs", say)
+        task.report_ties(eval_rows, eval_prompts, args.eval_pairs_per_prompt, "eval pairs", say)
         ceiling = statistics.mean(labeler.ceiling(r["prompt"], r["chosen"], r["rejected"]) for r in eval_rows)
     else:
         train_rows, eval_rows = data.load_rows(args.dataset, "pairwise", args.dataset_config, args.dataset_train_split,

@@ -11,8 +11,6 @@ Round r writes all samples and their scores to runs/<run_name>/round<r>/{train,t
 runs/<run_name>/round<r>/data/{train,test}.jsonl (sft.py's dataset) and its policy to runs/<run_name>/round<r>/model.
 """
 
-import contextlib
-import io
 import random
 import shlex
 import subprocess
@@ -103,20 +101,6 @@ def select(prompts, texts, scores, n):
     return kept, top, mean, len(rows) - len(kept)
 
 
-def check_sft_flags(flags):
-    """Stop with one line when sft.py would refuse --sft-flags (tyro's own message, its frame taken off)."""
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            tyro.cli(sft.Args, args=shlex.split(flags))
-    except SystemExit as e:
-        if e.code:
-            lines = [line.strip(" |│╭╮╰╯─-") for line in err.getvalue().splitlines()]
-            lines = [line for line in lines if line]  # the box's title, then what is wrong, then hints
-            why = lines[1] if len(lines) > 1 else "".join(lines)
-            raise SystemExit(f"--sft-flags {flags!r}: sft.py refuses it: {why}") from None
-
-
 @torch.no_grad()
 def sample_and_score(policy, tokenizer, reward, prompts, queries, n, gen_config, stop_ids, batch_size, autocast):
     """n responses to each prompt, consecutive, and their scores (the missing-EOS ones score as the judge says)."""
@@ -137,7 +121,8 @@ if __name__ == "__main__":
     runs.check_args(args, positive=["rounds", "n", "prompts_per_round", "num_eval_prompts", "response_length",
                                     "max_prompt_length", "temperature", "sampling_batch_size", "sft_epochs",
                                     "sft_learning_rate", "nproc_per_node"])
-    check_sft_flags(args.sft_flags)  # a flag sft.py does not take stops here, not after round 1's sampling
+    # a flag sft.py does not take stops here, not after round 1's sampling
+    runs.check_script_flags(sft.Args, args.sft_flags, "--sft-flags", "sft.py")
     if args.n < 2:
         print("--n 1 keeps every sample: plain self-training on the policy's own outputs, no selection")
     device, dtype = runs.device_and_dtype(args.cuda)

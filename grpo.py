@@ -55,6 +55,8 @@ class Args:
     a hub reward model), or file.py:fn (see common/scoring.py)"""
     reward_label: Optional[str] = None
     """the output to maximize of a classifier with several labels: a name from config.id2label or an index"""
+    ensemble: tyro.conf.OmitArgPrefixes[scoring.EnsembleArgs] = field(default_factory=scoring.EnsembleArgs)
+    """--reward-model an ensemble (rm_ensemble.py): --ensemble-aggregate mean|min|mean_minus_std, --uncertainty-coef"""
     dataset: str = "embedded"
     """prompts: 'embedded' (the task's train prompts; its eval prompts for evaluation), a .jsonl/.json file, a local
     dataset folder or a hub dataset: the prompts of its rows, whatever their kind (common/data.py)"""
@@ -241,7 +243,8 @@ if __name__ == "__main__":
     models.fit_defaults(args, policy, tokenizer, (3e-4, 1e-6), {"max_prompt_length": (64, 512)}, say)
     policy = models.prepare(policy, args.gradient_checkpointing, args.lora, dtype, device)  # --use-peft: adapters
     ref_policy = models.reference_of(policy, dtype)  # a frozen copy, or the policy with adapters off
-    reward = scoring.load(args.reward_model, tokenizer, args.reward_label, device, args.trust_remote_code, dtype)
+    reward = scoring.load(args.reward_model, tokenizer, args.reward_label, device, args.trust_remote_code, dtype,
+                          args.ensemble)
     say(f"scoring with {scoring.describe(reward)}; advantage {args.advantage}"
         + (" (std-scaled)" if args.advantage == "grpo" and args.scale_rewards else "")
         + f", KL in the {kl_in} (beta {beta}), {args.loss_averaging} averaging, {k} responses per prompt")
@@ -363,6 +366,7 @@ if __name__ == "__main__":
             scalars["objective/gold"] = gold.mean().item()
             if reward["kind"] != "gold":  # rising: the policy finds the reward model's errors (seed 000)
                 scalars["objective/alignment_gap"] = (scores.cpu() - gold).mean().item()
+        scalars |= reward.get("stats", {})  # an ensemble: its members' mean, min and spread on this rollout
         runs.log_scalars(writer, runs.reduce_mean(scalars), episodes)  # averaged over processes (equal shares)
         if update % args.log_samples_every == 0 or update == num_updates:
             tic = time.time()

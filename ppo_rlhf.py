@@ -57,6 +57,8 @@ class Args:
     model or sentiment classifier, decoder or encoder), or file.py:fn (see common/scoring.py)"""
     reward_label: Optional[str] = None
     """the output to maximize of a classifier with several labels: a name from config.id2label (POSITIVE) or an index"""
+    ensemble: tyro.conf.OmitArgPrefixes[scoring.EnsembleArgs] = field(default_factory=scoring.EnsembleArgs)
+    """--reward-model an ensemble (rm_ensemble.py): --ensemble-aggregate mean|min|mean_minus_std, --uncertainty-coef"""
     value_head_on_policy: bool = False
     """a scalar value head on the policy's last hidden state (lm-human-preferences), not a separate value network"""
     dataset: str = "embedded"
@@ -270,7 +272,8 @@ if __name__ == "__main__":
     policy = models.prepare(policy, args.gradient_checkpointing, args.lora, dtype, device)
     # the starting policy: a frozen copy, or the policy with adapters off
     ref_policy = models.reference_of(policy, dtype)
-    reward = scoring.load(args.reward_model, tokenizer, args.reward_label, device, args.trust_remote_code, dtype)
+    reward = scoring.load(args.reward_model, tokenizer, args.reward_label, device, args.trust_remote_code, dtype,
+                          args.ensemble)
     say("scoring with " + scoring.describe(reward))
     value_model = value_head = None
     if args.value_head_on_policy:  # lm-human-preferences: a scalar head on the policy's trunk, zero-initialized
@@ -407,6 +410,7 @@ if __name__ == "__main__":
                 scalars["objective/alignment_gap"] = (scores.cpu() - gold).mean().item()
         if "ptx" in avg:
             scalars["loss/ptx_avg"] = avg["ptx"]
+        scalars |= reward.get("stats", {})  # an ensemble: its members' mean, min and spread on this rollout
         scalars = runs.reduce_mean(scalars)  # averaged over processes (equal shares): beta moves alike everywhere
         runs.log_scalars(writer, scalars, episodes)
         if args.target_kl is not None:

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 import tyro
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -74,12 +73,9 @@ class Args:
     """embedded task only: use the first N train prompts (None: all 1566; fewer for quick runs)"""
     eval_pairs_per_prompt: int = 8
     """embedded task only: held-out pairs per eval prompt (174 prompts), so the accuracy estimate is tight"""
-    labeler_temperature: float = 0.5
-    """embedded task only: the labeler's Bradley-Terry temperature (higher: noisier labels, a lower ceiling)"""
-    flip_rate: float = 0.0
-    """embedded task only: fraction of labels the labeler flips at random"""
-    length_bias: float = 0.0
-    """embedded task only: the labeler perceives gold + length_bias * words (0.3: long answers win most comparisons)"""
+    labelers: tyro.conf.OmitArgPrefixes[task.LabelerArgs] = field(default_factory=task.LabelerArgs)
+    """embedded task only: who labels the pairs: --labeler-temperature, --flip-rate, --length-bias, --num-labelers,
+    --outlier-labelers, --tie-threshold (see task.LabelerArgs)"""
     extra_pairs: str = ""
     """embedded task only: a .jsonl/.json file of {"prompt", "chosen", "rejected"} pairs on train prompts added to the
     labeler's pairs (targeted examples, online rounds); a pair on an eval prompt stops the run"""
@@ -134,14 +130,19 @@ class Args:
     batches still come in random order"""
 
 
-def bradley_terry_loss(r_chosen, r_rejected, margin=None, center_coef=0.0):
+def bradley_terry_loss(r_chosen, r_rejected, margin=None, center_coef=0.0, smoothing=None):
     """The mean over pairs of -log sigmoid(r_w - r_l - m) (Bradley-Terry; Stiennon et al. 2020, InstructGPT eq. 1),
     m the per-pair margin of Llama 2 (0 when None), plus center_coef * mean((r_w + r_l)^2), which pins the
-    otherwise free offset of the reward near 0 (Eisenstein et al. 2023). All arguments (B,)."""
+    otherwise free offset of the reward near 0 (Eisenstein et al. 2023). With per-pair label smoothing a, the label
+    is trusted with probability 1 - a: -(1 - a) log sigmoid(d) - a log sigmoid(-d) (Secrets of RLHF II).
+    All arguments (B,)."""
     diff = r_chosen - r_rejected
     if margin is not None:
         diff = diff - margin
-    loss = -F.logsigmoid(diff).mean()  # logsigmoid: stable for large |diff|, unlike log(sigmoid(.))
+    loss = -F.logsigmoid(diff)  # logsigmoid: stable for large |diff|, unlike log(sigmoid(.))
+    if smoothing is not None:
+        loss = (1 - smoothing) * loss - smoothing * F.logsigmoid(-diff)
+    loss = loss.mean()
     if center_coef:
         loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
     return loss
@@ -197,20 +198,9 @@ def encode_pairs(rows, tokenizer, args, use_margin):
         chosen, rejected = chosen[0], rejected[0]  # the ids: a reward model reads the whole sequence
         counts["pairs identical once truncated"] += chosen == rejected  # the part that differed was cut: no signal left
         pairs.append({"chosen": chosen, "rejected": rejected, "margin": r.get("margin", 0.0) if use_margin else 0.0,
+                      "smoothing": r.get("label_smoothing", 0.0),
                       "words": (n_words(r["chosen"]), n_words(r["rejected"]))})
     return pairs, counts
-
-
-def gather_in_order(values, rank, world):
-    """(N,) from each rank's (n_rank,) share, rank r holding items r, r + world, ...: back in the items' order."""
-    if world == 1:
-        return values
-    shares = [None] * world
-    dist.all_gather_object(shares, values.cpu())
-    out = torch.empty(sum(len(s) for s in shares))
-    for r, s in enumerate(shares):
-        out[r::world] = s
-    return out
 
 
 @torch.no_grad()
@@ -225,7 +215,7 @@ def evaluate(model, pairs, pad_id, device, args, gold_sign=None, chunk=128, rank
     for i in range(0, len(mine), chunk):
         rc_i, rr_i = score_pairs(model, mine[i : i + chunk], pad_id, device)
         rc, rr = torch.cat([rc, rc_i.float()]), torch.cat([rr, rr_i.float()])
-    rc, rr = gather_in_order(rc, rank, world), gather_in_order(rr, rank, world)
+    rc, rr = runs.gather_in_order(rc, rank, world), runs.gather_in_order(rr, rank, world)
     m = torch.tensor([p["margin"] for p in pairs], device=rc.device) if args.margin else None
     rewards = torch.cat([rc, rr])
     words = torch.tensor([p["words"][0] for p in pairs] + [p["words"][1] for p in pairs])
@@ -252,12 +242,11 @@ if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
     runs.check_args(
         args,
-        positive=["pairs_per_prompt", "num_train_prompts", "eval_pairs_per_prompt", "labeler_temperature", "num_epochs",
+        positive=["pairs_per_prompt", "num_train_prompts", "eval_pairs_per_prompt", "num_epochs",
                   "per_device_batch_size", "gradient_accumulation_steps", "learning_rate", "max_length",
                   "max_prompt_length", "eval_every", "reference_size"],
         non_negative=["center_coef", "weight_decay"],
-        rules=[("flip_rate", 0 <= args.flip_rate <= 1, "in [0, 1]"),
-               ("counterexample_frac", 0 <= args.counterexample_frac <= 1, "in [0, 1]"),
+        rules=[("counterexample_frac", 0 <= args.counterexample_frac <= 1, "in [0, 1]"),
                ("extra_pairs", not args.extra_pairs or args.dataset == "embedded",
                 "used with the embedded task only (add the pairs to your own --dataset file)"),
                ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
@@ -273,13 +262,15 @@ if __name__ == "__main__":
     # the eval pairs are on prompts never trained on
     embedded = args.dataset == "embedded"
     if embedded:
-        labeler = task.Labeler(args.labeler_temperature, args.flip_rate, args.length_bias)
+        labeler = task.labeler_pool(args.labelers)
         train_prompts, eval_prompts = task.split_prompts()
         train_prompts = train_prompts[: args.num_train_prompts]
         train_rows = task.make_pairs(train_prompts, labeler, args.pairs_per_prompt, args.seed, args.margin,
                                      args.counterexample_frac)
         # the labeler's own comparisons only (no curated counterexamples): every ablation is measured on the same pairs
         eval_rows = task.make_pairs(eval_prompts, labeler, args.eval_pairs_per_prompt, args.seed + 1, args.margin)
+        task.report_ties(train_rows, train_prompts, args.pairs_per_prompt, "train pairs", say)
+        task.report_ties(eval_rows, eval_prompts, args.eval_pairs_per_prompt, "eval pairs", say)
         if args.extra_pairs:
             extra = data.load_rows(args.extra_pairs, "pairwise", eval_frac=0.0, verbose=False)[0]
             on_eval = sum(r["prompt"] in eval_prompts for r in extra)
@@ -319,6 +310,7 @@ if __name__ == "__main__":
 
     train, counts = encode_pairs(train_rows, tokenizer, args, args.margin)
     data.report(counts, "train pairs", say)
+    smoothed = any(p["smoothing"] for p in train)  # rows with "label_smoothing" (rm_ensemble.py --denoise smooth)
     eval_pairs, counts = encode_pairs(eval_rows, tokenizer, args, args.margin)
     data.report(counts, "eval pairs", say)
 
@@ -381,11 +373,12 @@ if __name__ == "__main__":
             for k, (part, weight) in enumerate(micro):
                 batch = [train[j] for j in part]
                 m = torch.tensor([p["margin"] for p in batch], device=device) if args.margin else None
+                a = torch.tensor([p["smoothing"] for p in batch], device=device) if smoothed else None
                 # all-reduce once, after the last micro-batch
                 sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()
                 with sync, autocast:
                     rc, rr = score_pairs(ddp_model, batch, pad_id, device)  # (b,), (b,)
-                    loss = bradley_terry_loss(rc, rr, m, args.center_coef)
+                    loss = bradley_terry_loss(rc, rr, m, args.center_coef, a)
                     (loss * weight).backward()
                 rcs.append(rc.detach().float())
                 rrs.append(rr.detach().float())
@@ -396,8 +389,9 @@ if __name__ == "__main__":
             bar.update(1)
             rc, rr = torch.cat(rcs), torch.cat(rrs)
             m = torch.tensor([train[j]["margin"] for j in mine], device=device) if args.margin else None
+            a = torch.tensor([train[j]["smoothing"] for j in mine], device=device) if smoothed else None
             logged = runs.reduce_mean({  # means over the global batch
-                "loss/train": bradley_terry_loss(rc, rr, m, args.center_coef).item(),
+                "loss/train": bradley_terry_loss(rc, rr, m, args.center_coef, a).item(),
                 "rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
                 "rewards/margins": (rc - rr).mean().item(), "rewards/accuracies": (rc > rr).float().mean().item(),
             }, weight=len(mine))

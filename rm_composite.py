@@ -78,12 +78,9 @@ class Args:
     """embedded task only: use the first N train prompts (None: all 1566)"""
     eval_pairs_per_prompt: int = 8
     """embedded task only: held-out pairs per eval prompt (the same pairs as rm_bt.py's)"""
-    labeler_temperature: float = 0.5
-    """embedded task only: the labeler's Bradley-Terry temperature (its pairs)"""
-    flip_rate: float = 0.0
-    """embedded task only: fraction of pair labels the labeler flips at random"""
-    length_bias: float = 0.0
-    """embedded task only: the labeler perceives gold + length_bias * words when it compares"""
+    labelers: tyro.conf.OmitArgPrefixes[task.LabelerArgs] = field(default_factory=task.LabelerArgs)
+    """embedded task only: who labels the pairs: --labeler-temperature, --flip-rate, --length-bias, --num-labelers,
+    --outlier-labelers, --tie-threshold (see task.LabelerArgs)"""
     rating_noise: float = 0.5
     """embedded task only: std of the Gaussian noise on each 0-4 rating before it is rounded (task.rate)"""
     calibration_size: int = 1024
@@ -194,11 +191,10 @@ if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
     runs.check_args(
         args,
-        positive=["pairs_per_prompt", "num_train_prompts", "eval_pairs_per_prompt", "labeler_temperature", "num_epochs",
+        positive=["pairs_per_prompt", "num_train_prompts", "eval_pairs_per_prompt", "num_epochs",
                   "per_device_batch_size", "learning_rate", "max_length", "max_prompt_length", "eval_every"],
         non_negative=["rating_noise", "calibration_size", "weight_decay", "stage2_pairs"],
-        rules=[("flip_rate", 0 <= args.flip_rate <= 1, "in [0, 1]"),
-               ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"), runs.prompt_length_rule(args)],
+        rules=[("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"), runs.prompt_length_rule(args)],
     )
     rank, world, device, dtype = runs.setup_distributed(args.cuda)
     runs.seed_everything(args.seed, args.torch_deterministic)
@@ -208,11 +204,13 @@ if __name__ == "__main__":
     # Data (read and checked before any model loads): rated responses for stage 1, pairs for stage 2 and evaluation
     embedded = args.dataset == "embedded"
     if embedded:  # the same pairs as rm_bt.py; the labeler also rates every response of them, attribute by attribute
-        labeler = task.Labeler(args.labeler_temperature, args.flip_rate, args.length_bias)
+        labeler = task.labeler_pool(args.labelers)
         train_prompts, eval_prompts = task.split_prompts()
         train_prompts = train_prompts[: args.num_train_prompts]
         train_pairs = task.make_pairs(train_prompts, labeler, args.pairs_per_prompt, args.seed)
         eval_pairs = task.make_pairs(eval_prompts, labeler, args.eval_pairs_per_prompt, args.seed + 1)
+        task.report_ties(train_pairs, train_prompts, args.pairs_per_prompt, "train pairs", say)
+        task.report_ties(eval_pairs, eval_prompts, args.eval_pairs_per_prompt, "eval pairs", say)
         rng = random.Random(args.seed + 3)
         responses = {(r["prompt"], r[k]): None for r in train_pairs for k in ("chosen", "rejected")}  # unique, in order
         train_rows = [{"prompt": p, "response": y, "ratings": task.rate(rng, p, y, args.rating_noise)}

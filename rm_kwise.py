@@ -73,6 +73,9 @@ class Args:
     """embedded task only: most completions ranked per prompt"""
     num_train_prompts: int = 0
     """embedded task only: train on the first N train prompts (0: all 1566), for quick runs and learning curves"""
+    labelers: tyro.conf.OmitArgPrefixes[task.LabelerArgs] = field(default_factory=task.LabelerArgs)
+    """embedded task only: who ranks: --labeler-temperature, --flip-rate, --length-bias, --num-labelers,
+    --outlier-labelers (see task.LabelerArgs; a ranking has no ties, so no --tie-threshold)"""
     loss: Literal["pairwise", "plackett-luce", "best-of-k"] = "plackett-luce"
     """the K-wise loss (see the functions of the same names)"""
     shuffle_pairs: bool = False
@@ -276,7 +279,7 @@ if __name__ == "__main__":
     # the eval rankings are on prompts never trained on
     embedded = args.dataset == "embedded"
     if embedded:
-        labeler = task.Labeler()
+        labeler = task.labeler_pool(args.labelers)
         train_prompts, eval_prompts = task.split_prompts()
         train_prompts = train_prompts[: args.num_train_prompts or None]
         train_rows = task.make_rankings(train_prompts, labeler, args.k_min, args.k_max, seed=args.seed)

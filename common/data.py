@@ -3,7 +3,7 @@
 Every row becomes one of four kinds (TRL's formats):
     prompt    {"prompt"}
     sft       {"prompt", "completion"}
-    pairwise  {"prompt", "chosen", "rejected"[, "margin"]}
+    pairwise  {"prompt", "chosen", "rejected"[, "margin"][, "label_smoothing"]}
     kwise     {"prompt", "completions": [best first, ...]}
 A text is a non-empty string, or a list of {"role", "content"} messages rendered with the tokenizer's chat template.
 The published layouts read into them (FORMATS below), so --dataset takes a hub name as it is:
@@ -33,7 +33,8 @@ from common import models, task
 FORMATS = {
     "prompt": '{"prompt"}, {"messages"}, {"instruction"}, or any pairwise, SFT or K-wise row (its prompt)',
     "sft": '{"prompt", "completion"} or {"messages": [..., last an assistant message]}',
-    "pairwise": '{"prompt", "chosen", "rejected"[, "margin"]} or {"chosen", "rejected"} sharing an implicit prompt',
+    "pairwise": '{"prompt", "chosen", "rejected"[, "margin"][, "label_smoothing"]} or {"chosen", "rejected"} sharing '
+                'an implicit prompt',
     "kwise": '{"prompt", "completions"[, "ranking" | "scores"]}, {"prompt", "answers": [{"answer", "rank"}]} (Nectar) '
              'or {"instruction", "completions": [{"response", "overall_score"}]} (UltraFeedback)',
 }
@@ -362,6 +363,11 @@ def to_row(rec, kind):
             if not _is_number(rec["margin"]):
                 return None, f"field 'margin': expected a number, got {json.dumps(rec['margin'])[:40]}"
             row["margin"] = float(rec["margin"])
+        if rec.get("label_smoothing") is not None and kind == "pairwise":  # P(label is wrong): rm_ensemble.py writes it
+            a = rec["label_smoothing"]
+            if not (_is_number(a) and 0 <= a <= 1):
+                return None, f"field 'label_smoothing': expected a number in [0, 1], got {json.dumps(a)[:40]}"
+            row["label_smoothing"] = float(a)
     elif "messages" in rec and (kind == "prompt" and "prompt" not in rec or kind == "sft" and "completion" not in rec):
         m = rec["messages"]
         if _text_error(m) or len(m) < 2 or m[-1]["role"] != "assistant":
@@ -382,7 +388,7 @@ def to_row(rec, kind):
     for key, value in row.items():
         texts = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if key == "completions" else [(key, value)]
         for name, text in texts:
-            if key != "margin" and _text_error(text):
+            if key not in ("margin", "label_smoothing") and _text_error(text):
                 return None, f"field '{name}': {_text_error(text)}"
     return row, None
 

@@ -97,6 +97,18 @@ def micro_batches(batch, rank, world, size, weights=None):
     return [(mine[i : i + size], total(mine[i : i + size]) * world / total(batch)) for i in range(0, len(mine), size)]
 
 
+def gather_in_order(values, rank, world):
+    """(N,) from each rank's (n_rank,) share, rank r holding items r, r + world, ...: back in the items' order."""
+    if world == 1:
+        return values
+    shares = [None] * world
+    dist.all_gather_object(shares, values.cpu())
+    out = torch.empty(sum(len(s) for s in shares))
+    for r, s in enumerate(shares):
+        out[r::world] = s
+    return out
+
+
 def average_gradients(params):
     """Data parallel by hand (ppo_rlhf.py: generate() and a value head on the policy run outside one module's forward,
     so there is no DDP wrapper): each gradient is averaged over the processes. A no-op without torchrun."""
@@ -172,6 +184,26 @@ def check_args(args, positive=(), non_negative=(), rules=()):
     if errors:
         stop("\n".join(errors))
 
+
+def check_script_flags(args_class, flags, option, script):
+    """Stop with one line when `script` would refuse the flags a driver passes it (tyro's own message, its frame
+    taken off): expert_iteration.py's --sft-flags, rm_ensemble.py's --rm-flags, before any work is done."""
+    import contextlib
+    import io
+    import shlex
+
+    import tyro
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            tyro.cli(args_class, args=shlex.split(flags))
+    except SystemExit as e:
+        if e.code:
+            lines = [line.strip(" |│╭╮╰╯─-") for line in err.getvalue().splitlines()]
+            lines = [line for line in lines if line]  # the box's title, then what is wrong, then hints
+            why = lines[1] if len(lines) > 1 else "".join(lines)
+            raise SystemExit(f"{option} {flags!r}: {script} refuses it: {why}") from None
 
 def prompt_length_rule(args):
     """The check_args rule that --max-prompt-length, where both lengths are given, leaves room for a completion."""

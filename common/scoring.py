@@ -11,6 +11,8 @@
                             model with one output reads (prompt, response) as a text pair (OpenAssistant's reward
                             models), a classifier with several labels reads prompt + response as one text (TRL's
                             gpt2-sentiment)
+    an ensemble             a directory with ensemble.json (rm_ensemble.py output): every member scores, one reward is
+                            their mean, minimum or mean - c * std (--ensemble-aggregate; Coste et al. 2023)
 --reward-label picks the output of a classifier with several labels: a name of config.id2label or an index
 (rm_composite.py's models read "composite" unless told otherwise).
 Our reward models store a normalization in their config: normalized = (raw - reward_mean) / reward_std, one number
@@ -19,13 +21,38 @@ normalized score is on gold's scale.
 """
 
 import importlib.util
+import json
 import math
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from common import data, models, runs, task
+
+
+@dataclass
+class EnsembleArgs:
+    """How an ensemble of reward models (--reward-model DIR with DIR/ensemble.json) becomes one reward."""
+
+    ensemble_aggregate: Literal["mean", "min", "mean_minus_std"] = "mean"
+    """--reward-model an ensemble: the members' mean, their minimum (worst case) or mean - c * std (uncertainty
+    weighted); the last two are conservative, against overoptimization (Coste et al. 2023)"""
+    uncertainty_coef: float = 0.5
+    """c of mean_minus_std: the reward is lowered by c standard deviations of the members' scores"""
+
+
+def aggregate(scores, how, coef=0.0):
+    """(B,) one reward from the members' (M, B) scores (Coste et al. 2023): their mean, their minimum (worst case),
+    or mean - coef * std with the std over members (1/M; Coste et al. subtract coef * variance, on members of std 1
+    the same ordering of responses up to the coefficient)."""
+    if how == "mean":
+        return scores.mean(0)
+    if how == "min":
+        return scores.min(0).values
+    return scores.mean(0) - coef * scores.std(0, correction=0)
 
 
 def label_index(config, label, name):
@@ -69,16 +96,37 @@ def check(spec):
         if not Path(path).is_file():
             runs.stop(f"--reward-model {spec}: no such file {path}")
         return
-    problem = models.model_problem(spec)
-    if problem:
-        runs.stop(problem)
+    members = ensemble_members(spec)
+    for member in members or [spec]:
+        problem = models.model_problem(member)
+        if problem:
+            runs.stop(problem)
 
 
-def load(spec, policy_tokenizer, label=None, device="cpu", trust_remote_code=False, dtype=torch.float32):
+def ensemble_members(spec):
+    """The member directories of an ensemble (DIR/ensemble.json: {"members": [names in DIR]}), or None."""
+    path = Path(spec) / "ensemble.json"
+    if not path.is_file():
+        return None
+    members = json.loads(path.read_text()).get("members")
+    if not members or not all(isinstance(m, str) for m in members):
+        runs.stop(f"--reward-model {spec}: {path} must hold {{\"members\": [directory names]}}, got {members!r}")
+    return [str(Path(spec) / m) for m in members]
+
+
+def load(spec, policy_tokenizer, label=None, device="cpu", trust_remote_code=False, dtype=torch.float32,
+         ensemble=None):
     """The reward as a dict for score(): {"kind", and per kind "fn" or "model", "tokenizer", "label", "same_vocab"}.
-    A reward model is frozen: its weights are stored in `dtype` (bf16 on GPUs that support it, under autocast)."""
+    A reward model is frozen: its weights are stored in `dtype` (bf16 on GPUs that support it, under autocast).
+    An ensemble: {"kind": "ensemble", "members": [rewards], "aggregate", "coef"}, from ensemble (EnsembleArgs)."""
     if spec == "gold":
         return {"kind": "gold"}
+    members = ensemble_members(spec)
+    if members:
+        ensemble = ensemble or EnsembleArgs()
+        return {"kind": "ensemble", "name": spec, "aggregate": ensemble.ensemble_aggregate,
+                "coef": ensemble.uncertainty_coef, "stats": {},
+                "members": [load(m, policy_tokenizer, label, device, trust_remote_code, dtype) for m in members]}
     if spec.endswith(".py") or ".py:" in spec:
         if ":" not in spec.rpartition(".py")[2]:
             raise SystemExit(f"--reward-model {spec}: name the function too, as in my_rewards.py:reward")
@@ -100,6 +148,10 @@ def describe(reward):
         return "the embedded task's gold reward"
     if reward["kind"] == "function":
         return f"the function {reward.get('name')}"
+    if reward["kind"] == "ensemble":
+        how = {"mean": "their mean", "min": "their minimum", "mean_minus_std": f"mean - {reward['coef']:g} std"}
+        return (f"{reward['name']}: an ensemble of {len(reward['members'])} reward models, the reward "
+                f"{how[reward['aggregate']]}; member 0: {describe(reward['members'][0])}")
     cfg = reward["model"].config
     tokens = "on the policy's tokenizer" if reward["same_vocab"] else "another tokenizer: re-encoded"
     how = {"encoder": "an encoder classifier on its own tokenization", "decoder": "read at the last token, " + tokens}
@@ -156,6 +208,11 @@ def score(reward, prompts, texts, with_eos, seq=None, mask=None, counts=None):
             raise SystemExit(f"--reward-model {reward['name']} returned {len(values)} values "
                              f"for {len(texts)} completions (expected one finite number each)")
         return torch.tensor(values, dtype=torch.float32)
+    if reward["kind"] == "ensemble":  # (M, B): every member scores; their spread is kept for the logs
+        members = torch.stack([score(m, prompts, texts, with_eos, seq, mask, counts) for m in reward["members"]])
+        reward["stats"] = {"ensemble/mean": members.mean().item(), "ensemble/min": members.min(0).values.mean().item(),
+                           "ensemble/std": members.std(0, correction=0).mean().item()}
+        return aggregate(members, reward["aggregate"], reward["coef"])
     model, label = reward["model"], reward["label"]
     device = next(model.parameters()).device
     if not reward["same_vocab"]:

@@ -171,14 +171,19 @@ def counterexample_pair(rng, prompt):
 class Labeler:
     """A simulated labeler. It perceives gold + length_bias * words and prefers A over B with the
     Bradley-Terry probability sigmoid((s_A - s_B) / temperature); with probability flip_rate its label
-    is flipped (for a ranking: replaced by a random order)."""
+    is flipped (for a ranking: replaced by a random order). Two responses whose perceived scores differ by less
+    than tie_threshold it cannot tell apart: a tie, which gets no label. flip_rate 1 labels at random (an outlier)."""
 
     temperature: float = 0.5
     flip_rate: float = 0.0
     length_bias: float = 0.0
+    tie_threshold: float = 0.0
 
     def perceived(self, prompt, response):
         return gold_reward(prompt, response) + self.length_bias * len(response.split())
+
+    def is_tie(self, prompt, a, b):
+        return self.flip_rate < 1 and abs(self.perceived(prompt, a) - self.perceived(prompt, b)) < self.tie_threshold
 
     def prob_prefers(self, prompt, a, b):
         """P(label says a > b), exactly, label noise and flips included. Under Plackett-Luce rankings
@@ -208,6 +213,78 @@ class Labeler:
             return rng.sample(responses, len(responses))
         keys = [self.perceived(prompt, r) / self.temperature - math.log(-math.log(rng.random())) for r in responses]
         return [r for _, r in sorted(zip(keys, responses), key=lambda t: -t[0])]
+
+
+@dataclass
+class LabelerPool:
+    """Several labelers; each comparison or ranking goes to one of them drawn uniformly (InstructGPT's and
+    AlpacaFarm's pools of labelers). A reward model does not know who labeled a pair, so what it can reach is
+    the mixture: P(label says a > b) averaged over the labelers who would label the pair (those who tie do not)."""
+
+    labelers: list
+    outliers: tuple = ()
+    """the ids of the labelers who label at random"""
+
+    def draw(self, rng):
+        """The id of the labeler of the next comparison (one labeler: 0, and no random number used)."""
+        return 0 if len(self.labelers) == 1 else rng.randrange(len(self.labelers))
+
+    def prob_prefers(self, prompt, a, b):
+        """P(label says a > b) given that the pair got a label, exactly; None if every labeler ties it."""
+        ps = [lab.prob_prefers(prompt, a, b) for lab in self.labelers if not lab.is_tie(prompt, a, b)]
+        return sum(ps) / len(ps) if ps else None
+
+    def ceiling(self, prompt, a, b):
+        """The expected accuracy of a perfect reward model on this pair's label from the pool: max(p, 1 - p)."""
+        p = self.prob_prefers(prompt, a, b)
+        return max(p, 1 - p)
+
+
+@dataclass
+class LabelerArgs:
+    """The embedded task's labelers: the same flags in every script that makes labels (as LoraArgs for LoRA)."""
+
+    labeler_temperature: float = 0.5
+    """embedded task only: the labelers' Bradley-Terry temperature (higher: noisier labels, a lower ceiling)"""
+    flip_rate: float = 0.0
+    """embedded task only: fraction of labels each labeler flips at random"""
+    length_bias: float = 0.0
+    """embedded task only: the labeler perceives gold + length_bias * words (0.3: long answers win most comparisons)"""
+    num_labelers: int = 1
+    """embedded task only: labelers in the pool, each pair labeled by one drawn at random; with 2 or more their
+    temperatures spread from T / sqrt 2 to T sqrt 2 and their length biases by +-0.03 around the flags' values"""
+    outlier_labelers: int = 0
+    """embedded task only: how many of the labelers (the last ones) label at random, about 50% agreement"""
+    tie_threshold: float = 0.0
+    """embedded task only: a labeler cannot tell apart responses whose perceived scores differ by less than this; such
+    a tie gets no label: the pair is dropped and counted (a tie-aware loss is left out: ties carry no direction)"""
+
+    def __post_init__(self):  # bad combinations end here, before any data or model loads
+        if self.num_labelers < 1 or not 0 <= self.outlier_labelers < self.num_labelers:
+            raise SystemExit(f"--outlier-labelers {self.outlier_labelers} with --num-labelers {self.num_labelers}: "
+                             "expected at least 1 labeler and fewer outliers than labelers (one at least labels "
+                             "honestly)")
+        if self.labeler_temperature <= 0 or not 0 <= self.flip_rate <= 1 or self.tie_threshold < 0:
+            raise SystemExit(f"--labeler-temperature must be > 0 (got {self.labeler_temperature}), --flip-rate in "
+                             f"[0, 1] (got {self.flip_rate}), --tie-threshold >= 0 (got {self.tie_threshold})")
+
+
+def labeler_pool(args):
+    """The LabelerPool the flags describe. Honest labeler i of n has spread u_i from -1 to 1 (0 alone):
+    temperature T * 2 ** (u_i / 2), length bias b + 0.03 u_i; the last outlier_labelers label at random."""
+    honest = args.num_labelers - args.outlier_labelers
+    labelers = []
+    for i in range(honest):
+        u = 2 * i / (honest - 1) - 1 if honest > 1 else 0.0
+        labelers.append(Labeler(args.labeler_temperature * 2 ** (u / 2), args.flip_rate,
+                                args.length_bias + 0.03 * u, args.tie_threshold))
+    labelers += [Labeler(args.labeler_temperature, 1.0) for _ in range(args.outlier_labelers)]
+    return LabelerPool(labelers, tuple(range(honest, args.num_labelers)))
+
+
+def as_pool(labeler):
+    """A LabelerPool from a Labeler or a pool."""
+    return labeler if isinstance(labeler, LabelerPool) else LabelerPool([labeler])
 
 
 # ---------------------------------------------------------------- grading a reward model against gold
@@ -269,46 +346,69 @@ def make_sft(prompts, n_per_prompt=2, seed=0, mix=DEFAULT_MIX):
 
 
 def make_pairs(prompts, labeler, n_per_prompt=2, seed=0, margin=False, counterexample_frac=0.0, mix=DEFAULT_MIX):
-    """Pairwise comparisons {"prompt", "chosen", "rejected"[, "margin"]}. A fraction of them are curated
-    counterexamples (short but excellent chosen over long but bad), labeled by construction as a careful
-    data team would add them, so a length-biased labeler cannot mislabel them."""
-    rng = random.Random(seed)
+    """Pairwise comparisons {"prompt", "chosen", "rejected", "labeler"[, "margin"]} by a Labeler or a LabelerPool
+    ("labeler": the id of the one who labeled it). A fraction of them are curated counterexamples (short but
+    excellent chosen over long but bad), labeled by construction as a careful data team would add them, so a
+    length-biased labeler cannot mislabel them ("labeler": None). A pair its labeler ties is dropped: the rows
+    returned number len(prompts) * n_per_prompt less the ties."""
+    rng, pool = random.Random(seed), as_pool(labeler)
     rows = []
     for p in prompts:
         for _ in range(n_per_prompt):
             if rng.random() < counterexample_frac:  # curated: the label is set by construction, not by the labeler
                 short, long = counterexample_pair(rng, p)
                 gap = gold_reward(p, short) - gold_reward(p, long)
-                rows.append({"prompt": p, "chosen": short, "rejected": long,
-                             **({"margin": labeler.margin_level(gap)} if margin else {})})
+                rows.append({"prompt": p, "chosen": short, "rejected": long, "labeler": None,
+                             **({"margin": Labeler.margin_level(gap)} if margin else {})})
                 continue
             a, b = sample_response(rng, p, mix), sample_response(rng, p, mix)
             while b == a:
                 b = sample_response(rng, p, mix)
-            chosen, rejected, m = labeler.compare(rng, p, a, b)
-            rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, **({"margin": m} if margin else {})})
+            who = pool.draw(rng)
+            if pool.labelers[who].is_tie(p, a, b):
+                continue
+            chosen, rejected, m = pool.labelers[who].compare(rng, p, a, b)
+            rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, "labeler": who,
+                         **({"margin": m} if margin else {})})
     return rows
 
 
+def report_ties(rows, prompts, n_per_prompt, what, say=print):
+    """Say how many pairs make_pairs dropped as ties (none unless --tie-threshold is set); returns the count.
+    Stops when no pair is left."""
+    n = len(prompts) * n_per_prompt - len(rows)
+    if not rows:
+        raise SystemExit(f"no {what} left: the labelers tied all {n} (--tie-threshold is larger than the gaps they "
+                         "perceive; try 0.5 or less)")
+    if n:
+        say(f"{n} of {len(prompts) * n_per_prompt} {what} dropped as ties: their labeler could not tell the responses "
+            "apart (--tie-threshold)")
+    return n
+
 def make_rankings(prompts, labeler, k_min=4, k_max=9, seed=0, counterexample_frac=0.0, mix=DEFAULT_MIX):
     """K-wise rankings {"prompt", "completions": [best first, ...]}, K uniform in [k_min, k_max] per prompt
-    (InstructGPT's 4 to 9); a fraction of prompts get a counterexample pair among their K."""
-    rng = random.Random(seed)
+    (InstructGPT's 4 to 9), each by one labeler of the pool ("labeler": its id); a fraction of prompts get a
+    counterexample pair among their K. Ties are not modeled in rankings."""
+    rng, pool = random.Random(seed), as_pool(labeler)
+    if any(lab.tie_threshold for lab in pool.labelers):
+        raise SystemExit("--tie-threshold: a ranking has no ties here; rm_bt.py, dpo.py and rm_composite.py drop tied "
+                         "pairs")
     rows = []
     for p in prompts:
         k = rng.randint(k_min, k_max)
         curated = counterexample_pair(rng, p) if rng.random() < counterexample_frac else None
-        pool = list(curated or [])
-        while len(pool) < k:
+        responses = list(curated or [])
+        while len(responses) < k:
             r = sample_response(rng, p, mix)
-            if r not in pool:
-                pool.append(r)
-        ranking = labeler.rank(rng, p, pool)
+            if r not in responses:
+                responses.append(r)
+        who = pool.draw(rng)
+        ranking = pool.labelers[who].rank(rng, p, responses)
         if curated:  # the curated pair's order is set by construction: short-but-excellent above long-but-bad
             i, j = ranking.index(curated[0]), ranking.index(curated[1])
             if i > j:
                 ranking[i], ranking[j] = ranking[j], ranking[i]
-        rows.append({"prompt": p, "completions": ranking})
+        rows.append({"prompt": p, "completions": ranking, "labeler": who})
     return rows
 
 

@@ -164,10 +164,13 @@ def check_lora_save(out_dir, base, r, head=False):
 
 
 def scalars(run_root):
-    """{tag: [values in step order]} from the one TensorBoard run under run_root (a script's runs/ directory)."""
+    """{tag: [values in step order]} from the one TensorBoard run under run_root (a script's runs/ directory), or of
+    run_root itself when it is a run's folder (which may also hold a driver's data and models)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (run_dir,) = [p for p in Path(run_root).iterdir() if p.is_dir()]
+    run_dir = Path(run_root)
+    if not any(run_dir.glob("events.out.tfevents*")):
+        (run_dir,) = [p for p in run_dir.iterdir() if p.is_dir()]
     acc = EventAccumulator(str(run_dir)).Reload()
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 

@@ -135,6 +135,71 @@ def test_ceiling_is_the_accuracy_of_the_best_guess_of_the_noisy_label():
     assert task.Labeler(temperature=0.01).ceiling(PROMPT, "Sure! It is 12.", "Obviously. It is 7.") == pytest.approx(1.0)
 
 
+POOL_ARGS = task.LabelerArgs(flip_rate=0.2, length_bias=0.1, num_labelers=5, outlier_labelers=1, tie_threshold=0.6)
+
+
+def test_pool_ceiling_is_exact_against_monte_carlo():
+    """A pool's ceiling is max(p, 1 - p) for p the labelers' mean P(a > b) over those who do not tie the pair. Labels
+    drawn the way make_pairs draws them (a labeler at random; a tie gets no label) estimate it, 20000 per pair
+    (4 standard errors: at most 0.014). On these pairs two honest labelers tie and two do not, so a mixture that
+    counted the tying labelers would be off by 0.05 or more: the tolerance tells them apart."""
+    pool = task.labeler_pool(POOL_ARGS)
+    pairs = [("I like to talk about the weather. The answer is 12.", "Hope this helps! People have compared numbers "
+              "for thousands of years. The answer is 12. Cats are wonderful animals. I will now explain my reasoning "
+              "in great detail. Let me think about this for a moment. This is a question about comparing numbers."),
+             ("The answer is 23.", "Let me think about this for a moment. 11 is larger. Let me think about this for a "
+              "moment. Let me think about this for a moment.")]
+    rng, n = random.Random(0), 20000
+    for a, b in pairs:
+        ties = [lab.is_tie(PROMPT, a, b) for lab in pool.labelers]
+        assert ties[:4].count(True) == 2 and not ties[4]
+        labels = []
+        while len(labels) < n:
+            lab = pool.labelers[pool.draw(rng)]
+            if not lab.is_tie(PROMPT, a, b):
+                labels.append(lab.compare(rng, PROMPT, a, b)[0] == a)
+        empirical = max(statistics.mean(labels), 1 - statistics.mean(labels))
+        tolerance = 4 * math.sqrt(empirical * (1 - empirical) / n)
+        assert pool.ceiling(PROMPT, a, b) == pytest.approx(empirical, abs=tolerance)
+        everyone = statistics.mean(lab.prob_prefers(PROMPT, a, b) for lab in pool.labelers)
+        assert abs(max(everyone, 1 - everyone) - empirical) > tolerance
+
+
+def test_pool_spreads_labelers_and_records_who_labeled():
+    pool = task.labeler_pool(POOL_ARGS)
+    temps = [lab.temperature for lab in pool.labelers[:4]]
+    assert temps[0] == pytest.approx(0.5 / math.sqrt(2)) and temps[-1] == pytest.approx(0.5 * math.sqrt(2))
+    assert [lab.length_bias for lab in pool.labelers[:4]] == pytest.approx([0.07, 0.09, 0.11, 0.13])
+    assert pool.outliers == (4,) and pool.labelers[4].flip_rate == 1.0
+    prompts = task.all_prompts()[:1500]
+    rows = task.make_pairs(prompts, pool, n_per_prompt=1, seed=0)
+    dropped = task.report_ties(rows, prompts, 1, "pairs", say=lambda *a: None)
+    assert dropped == 1500 - len(rows) > 0
+    assert not any(pool.labelers[r["labeler"]].is_tie(r["prompt"], r["chosen"], r["rejected"]) for r in rows)
+    by_labeler = {i: [r for r in rows if r["labeler"] == i] for i in range(5)}
+    assert all(len(v) > 150 for v in by_labeler.values())
+
+    def gold_agreement(rs):
+        signs = [task.gold_reward(r["prompt"], r["chosen"]) - task.gold_reward(r["prompt"], r["rejected"]) for r in rs]
+        return statistics.mean(s > 0 for s in signs if s)
+
+    outlier = gold_agreement(by_labeler[4])  # random labels: 0.5, within 4 standard errors (about 0.14)
+    assert abs(outlier - 0.5) < 4 * math.sqrt(0.25 / len(by_labeler[4]))
+    assert min(gold_agreement(by_labeler[i]) for i in range(4)) > outlier + 0.15
+    # one labeler: the pool draws no random number, so the data is the single Labeler's, row for row
+    plain = task.make_pairs(prompts[:100], task.Labeler(flip_rate=0.2), 2, seed=3)
+    assert plain == task.make_pairs(prompts[:100], task.labeler_pool(task.LabelerArgs(flip_rate=0.2)), 2, seed=3)
+    with pytest.raises(SystemExit, match="no eval pairs left"):
+        task.report_ties([], prompts, 1, "eval pairs")
+
+
+@pytest.mark.parametrize("flags", [dict(num_labelers=2, outlier_labelers=2), dict(num_labelers=0),
+                                   dict(tie_threshold=-1.0), dict(flip_rate=1.5)])
+def test_labeler_flags_refused(flags):
+    with pytest.raises(SystemExit):
+        task.LabelerArgs(**flags)
+
+
 def test_length_bias_prefers_longer_and_counterexamples_undo_it():
     prompts = task.all_prompts()[:600]
 
@@ -165,6 +230,7 @@ def test_export_round_trips_through_validation(tmp_path):
     rows = task.make_pairs(task.all_prompts()[:20], task.Labeler(), margin=True)
     path = tmp_path / "pairs.jsonl"
     task.export_jsonl(rows, path)
+    rows = [{k: v for k, v in r.items() if k != "labeler"} for r in rows]  # who labeled: the task's bookkeeping
     assert data.validate(data.read_records(path)["train"], "pairwise", str(path)) == rows
 
 

@@ -9,7 +9,7 @@ import torch
 
 import expert_iteration
 from common import models, task
-from conftest import run_script
+from conftest import run_script, scalars
 
 
 def test_best_of_n_against_a_loop_first_of_equal_scores():
@@ -56,14 +56,5 @@ def test_rounds_sample_keep_the_best_and_fine_tune_from_the_last_round(tmp_path)
     assert train_prompts[0] != train_prompts[1]  # a fresh subset of the 12 train prompts each round
     assert out.count("round 1: sft: eval loss") == 1 and "the last policy saved to " + str(tmp_path / "final") in out
     assert models.load_causal_lm(str(tmp_path / "final")).config.vocab_size == 189
-    elapsed = run_scalars(run)["charts/elapsed_seconds"]
+    elapsed = scalars(run)["charts/elapsed_seconds"]
     assert len(elapsed) == 2 and 0 < elapsed[0] < elapsed[1]
-
-
-def run_scalars(run_dir):
-    """{tag: values} of the run's own TensorBoard log (conftest.scalars wants one run per folder; this folder also
-    holds the rounds' data and models)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir)).Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

@@ -38,6 +38,20 @@ def test_bradley_terry_loss_against_a_loop():
     assert bradley_terry_loss(torch.tensor([-100.0]), torch.tensor([100.0])).item() == pytest.approx(200.0)
 
 
+def test_label_smoothing_against_a_loop_and_by_hand():
+    """Per-pair smoothing a: (1 - a) log(1 + e^-d) + a log(1 + e^d), a pair at a time; a = 1 is the reversed label,
+    a = 1/2 has its minimum at d = 0 (the label carries no direction)."""
+    torch.manual_seed(1)
+    rc, rr, a = torch.randn(16) * 3, torch.randn(16) * 3, torch.rand(16)
+    loop = sum((1 - ai) * math.log(1 + math.exp(-(w - l))) + ai * math.log(1 + math.exp(w - l))
+               for w, l, ai in zip(rc.tolist(), rr.tolist(), a.tolist())) / 16
+    assert bradley_terry_loss(rc, rr, smoothing=a).item() == pytest.approx(loop, rel=1e-5)
+    assert bradley_terry_loss(rc, rr, smoothing=torch.ones(16)).item() == pytest.approx(bradley_terry_loss(rr, rc).item())
+    d = torch.zeros(1, requires_grad=True)
+    bradley_terry_loss(d, torch.zeros(1), smoothing=torch.full((1,), 0.5)).backward()
+    assert d.grad.item() == pytest.approx(0.0, abs=1e-7)
+
+
 def test_bradley_terry_gradient_pushes_chosen_up_and_rejected_down():
     rc, rr = torch.tensor([0.5], requires_grad=True), torch.tensor([0.2], requires_grad=True)
     bradley_terry_loss(rc, rr).backward()
