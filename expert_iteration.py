@@ -14,7 +14,6 @@ runs/<run_name>/round<r>/data/{train,test}.jsonl (sft.py's dataset) and its poli
 import random
 import shlex
 import subprocess
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -176,12 +175,10 @@ if __name__ == "__main__":
         # 2. Fine-tune the current policy on the kept responses with sft.py
         print(f"round {rnd}: fine-tuning {policy_path} on the {len(prompts) - empty['train']} kept responses")
         out_dir = args.output_dir if rnd == args.rounds and args.output_dir else run_dir / f"round{rnd}" / "model"
-        launcher = [sys.executable]
-        if args.nproc_per_node > 1:
-            launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc_per_node)]
-        cmd = [*launcher, str(Path(__file__).resolve().parent / "sft.py"), "--model", str(policy_path),
-               "--dataset", str(run_dir / f"round{rnd}" / "data"), "--output-dir", str(out_dir),
-               "--exp-name", f"{args.exp_name}_round{rnd}", "--seed", str(args.seed + rnd),
+        cmd = [*runs.launcher(args.nproc_per_node), str(Path(__file__).resolve().parent / "sft.py"),
+               "--model", str(policy_path), "--dataset", str(run_dir / f"round{rnd}" / "data"),
+               "--output-dir", str(out_dir), "--exp-name", f"{args.exp_name}_round{rnd}",
+               "--seed", str(args.seed + rnd),
                "--num-epochs", str(args.sft_epochs), "--max-new-tokens", str(args.response_length),
                "--max-prompt-length", str(args.max_prompt_length),
                *(["--learning-rate", str(args.sft_learning_rate)] if args.sft_learning_rate else []),

@@ -359,7 +359,7 @@ def to_row(rec, kind):
             why = _text_error(chosen) or _text_error(rejected) or "one is text, one messages"
             return None, f"field 'chosen'/'rejected': {why}"
         row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-        if "margin" in rec and kind == "pairwise":
+        if rec.get("margin") is not None and kind == "pairwise":  # null: a row without one (a column others have)
             if not _is_number(rec["margin"]):
                 return None, f"field 'margin': expected a number, got {json.dumps(rec['margin'])[:40]}"
             row["margin"] = float(rec["margin"])

@@ -259,14 +259,16 @@ class LabelerArgs:
     """embedded task only: a labeler cannot tell apart responses whose perceived scores differ by less than this; such
     a tie gets no label: the pair is dropped and counted (a tie-aware loss is left out: ties carry no direction)"""
 
-    def __post_init__(self):  # bad combinations end here, before any data or model loads
-        if self.num_labelers < 1 or not 0 <= self.outlier_labelers < self.num_labelers:
-            raise SystemExit(f"--outlier-labelers {self.outlier_labelers} with --num-labelers {self.num_labelers}: "
-                             "expected at least 1 labeler and fewer outliers than labelers (one at least labels "
-                             "honestly)")
-        if self.labeler_temperature <= 0 or not 0 <= self.flip_rate <= 1 or self.tie_threshold < 0:
-            raise SystemExit(f"--labeler-temperature must be > 0 (got {self.labeler_temperature}), --flip-rate in "
-                             f"[0, 1] (got {self.flip_rate}), --tie-threshold >= 0 (got {self.tie_threshold})")
+    def __post_init__(self):  # bad values end here, before any data or model loads: one line each
+        errors = [f"--{name} must be {requirement}, got {value}" for name, ok, requirement, value in (
+            ("labeler-temperature", self.labeler_temperature > 0, "a positive number", self.labeler_temperature),
+            ("flip-rate", 0 <= self.flip_rate <= 1, "in [0, 1]", self.flip_rate),
+            ("num-labelers", self.num_labelers >= 1, "a positive integer", self.num_labelers),
+            ("outlier-labelers", 0 <= self.outlier_labelers < self.num_labelers,
+             f"fewer than --num-labelers ({self.num_labelers}): at least one labeler is honest", self.outlier_labelers),
+            ("tie-threshold", self.tie_threshold >= 0, "non-negative", self.tie_threshold)) if not ok]
+        if errors:
+            raise SystemExit("\n".join(errors))
 
 
 def labeler_pool(args):

@@ -21,6 +21,9 @@
 6. Methods compared (seed 004, AlpacaFarm's table; experiments/methods.py): best-of-n, expert iteration, PPO, RLOO,
    GRPO, Dr. GRPO and DPO from one base policy and one learned RM per seed, PPO on gold as the ceiling: win rate
    against the base policy as the labeler judges it, gold, KL, wall time and diversity, over 3 seeds.
+7. Noise and ensembles (seeds 003, 004; Coste et al. 2023; experiments/noise.py): PPO against reward models from
+   noiseless and noisy labels (25% flipped), single and ensembles (mean, min, mean - std) and denoised: gold against
+   KL, and the diversity of the responses before and after RL.
 
 Every run is one of the project's scripts, launched as a user would (`python ppo_rlhf.py ...`), its numbers read
 back from its TensorBoard log. Writes <out-dir>/results.csv (one row per measured point), frontier.png,
@@ -44,6 +47,7 @@ import tyro
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import methods  # noqa: E402  (experiments/, beside this file)
+import noise  # noqa: E402
 import reward_models  # noqa: E402
 
 
@@ -56,8 +60,8 @@ class Args:
     seed: int = 1
     """seed of every run"""
     only: str = ""
-    """comma-separated parts to run: frontier, overoptimization, length, data-scale, alignment-gap, methods; '' runs
-    all"""
+    """comma-separated parts to run: frontier, overoptimization, length, data-scale, alignment-gap, methods, noise;
+    '' runs all"""
     python: str = sys.executable
     """the interpreter that runs the scripts"""
     plot_only: bool = False
@@ -330,6 +334,7 @@ def plot(rows, fits, out_dir):
         save(fig, "length_hacking.png")
     written += reward_models.plot(rows, out_dir, plt)
     written += methods.plot(rows, out_dir, plt)
+    written += noise.plot(rows, out_dir, plt)
     plt.close("all")
     return written
 
@@ -384,7 +389,12 @@ CONFIGS[True] |= dict(methods_seeds=[1, 2], methods_eval_prompts=48, methods_sam
                       methods_rm_flags=["--num-train-prompts", 300], methods_dpo_flags=["--num-train-prompts", 300],
                       methods_ei_flags=["--n", 16, "--prompts-per-round", 150, "--num-eval-prompts", 32],
                       methods_ppo_flags=["--total-episodes", 1280], methods_grpo_flags=["--total-episodes", 2560])
-PARTS = ("frontier", "overoptimization", "length", "data-scale", "alignment-gap", "methods")
+# noiseless and noisy labels, single reward models and ensembles (experiments/noise.py)
+CONFIGS[False] |= dict(noise_rm_flags=["--pairs-per-prompt", 4], noise_episodes=3200, noise_eval_prompts=174,
+                       noise_samples=4)
+CONFIGS[True] |= dict(noise_rm_flags=["--pairs-per-prompt", 4, "--num-train-prompts", 300, "--ensemble-size", 3],
+                      noise_episodes=1280, noise_eval_prompts=48, noise_samples=4)
+PARTS = ("frontier", "overoptimization", "length", "data-scale", "alignment-gap", "methods", "noise")
 
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
@@ -415,6 +425,8 @@ if __name__ == "__main__":
         reward_models.alignment_gap_part(args, cfg, rows)
     if "methods" in parts:
         methods.methods(args, cfg, rows)
+    if "noise" in parts:
+        noise.noise(args, cfg, rows)
     for r in rows:
         if "kl" in r:
             r["sqrt_kl"] = math.sqrt(max(r["kl"], 0.0))

@@ -191,6 +191,20 @@ def test_pool_spreads_labelers_and_records_who_labeled():
     assert plain == task.make_pairs(prompts[:100], task.labeler_pool(task.LabelerArgs(flip_rate=0.2)), 2, seed=3)
     with pytest.raises(SystemExit, match="no eval pairs left"):
         task.report_ties([], prompts, 1, "eval pairs")
+    # rankings: one labeler per ranking, recorded; the outlier's rankings are random orders; ties are not modeled
+    ranks = task.make_rankings(prompts[:600], task.labeler_pool(task.LabelerArgs(num_labelers=5, outlier_labelers=1)))
+    assert {r["labeler"] for r in ranks} == {0, 1, 2, 3, 4}
+
+    def first_beats_last(rs):  # the ranking's top above its bottom on gold (gold ties left out)
+        gaps = [task.gold_reward(r["prompt"], r["completions"][0]) - task.gold_reward(r["prompt"], r["completions"][-1])
+                for r in rs]
+        return statistics.mean(g > 0 for g in gaps if g)
+
+    outlier = [r for r in ranks if r["labeler"] == 4]
+    assert abs(first_beats_last(outlier) - 0.5) < 4 * math.sqrt(0.25 / len(outlier))
+    assert first_beats_last([r for r in ranks if r["labeler"] != 4]) > 0.85
+    with pytest.raises(SystemExit, match="a ranking has no ties"):
+        task.make_rankings(prompts[:5], task.labeler_pool(task.LabelerArgs(tie_threshold=0.5)))
 
 
 @pytest.mark.parametrize("flags", [dict(num_labelers=2, outlier_labelers=2), dict(num_labelers=0),
@@ -224,6 +238,16 @@ def test_margins_and_ranking_sizes():
     ks = [len(r["completions"]) for r in ranks]
     assert min(ks) == 4 and max(ks) == 9
     assert all(len(set(r["completions"])) == len(r["completions"]) for r in ranks)
+
+
+def test_null_margin_and_label_smoothing_are_absent_and_bad_ones_named():
+    """A folder whose train split has a column the test split lacks comes back from datasets with nulls there."""
+    base = {"prompt": PROMPT, "chosen": "It is 12.", "rejected": "It is 7."}
+    assert data.to_row(base | {"margin": None, "label_smoothing": None}, "pairwise") == (base, None)
+    assert data.to_row(base | {"margin": 1, "label_smoothing": 0.25}, "pairwise")[0] == base | {
+        "margin": 1.0, "label_smoothing": 0.25}
+    assert data.to_row(base | {"label_smoothing": 1.5}, "pairwise")[1] == (
+        "field 'label_smoothing': expected a number in [0, 1], got 1.5")
 
 
 def test_export_round_trips_through_validation(tmp_path):
@@ -551,10 +575,8 @@ def test_save_the_adapter_directory_or_merged_weights(standin, tmp_path):
     assert merged.dtype == torch.float32 and torch.linalg.matrix_rank(delta) == 3  # B A kept whole, not rounded to bf16
 
 
-def test_lora_flag_mistakes_end_in_one_line(standin):
-    assert run_failing("sft.py", "--merge-lora") == "--merge-lora merges LoRA adapters: it needs --use-peft"
-    assert run_failing("dpo.py", "--use-peft", "--lora-r", "0").startswith("--lora-r must be >= 1")
-    assert run_failing("sft.py", "--use-peft").startswith("--use-peft adapts a pretrained model: pass --model")
+def test_lora_target_modules_the_model_does_not_have_end_in_one_line(standin):
+    """(The other LoRA flag mistakes are cases of tests/test_errors.py.)"""
     line = run_failing("sft.py", "--model", standin("lm", "gpt2"), "--use-peft", "--lora-target-modules", "q_proj")
     assert line.startswith("--lora-target-modules:") and "q_proj" in line
 

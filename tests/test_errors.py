@@ -3,11 +3,13 @@ left behind (issue 17). Each case runs a script as a user would, in an empty dir
 training starts, most before any model loads. They run in parallel: each is mostly Python importing torch."""
 
 import ast
+import importlib
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import tyro
 
 from conftest import ROOT, run_capture
 
@@ -23,10 +25,22 @@ CASES = {
          "--learning-rate must be a positive number, got -1e-05", "--eval-every must be a positive integer, got 0",
          "--warmup-ratio must be in [0, 1), got 1.0"]),
     "rm_bt sizes and ranges": (
-        "rm_bt.py", ["--per-device-batch-size", "-4", "--learning-rate", "0", "--flip-rate", "1.5",
+        "rm_bt.py", ["--per-device-batch-size", "-4", "--learning-rate", "0",
                      "--max-length", "96", "--max-prompt-length", "96"], {},
         ["--per-device-batch-size must be a positive integer, got -4", "--learning-rate must be a positive number, got 0.0",
-         "--flip-rate must be in [0, 1], got 1.5", "--max-prompt-length must be below --max-length (96), got 96"]),
+         "--max-prompt-length must be below --max-length (96), got 96"]),
+    "the labelers: a flip rate over 1, more outliers than labelers": (
+        "dpo.py", ["--flip-rate", "1.5", "--num-labelers", "2", "--outlier-labelers", "3"], {},
+        ["--flip-rate must be in [0, 1], got 1.5",
+         "--outlier-labelers must be fewer than --num-labelers (2): at least one labeler is honest, got 3"]),
+    "rm_ensemble under torchrun (it starts rm_bt.py's processes itself)": (
+        "rm_ensemble.py", [], {"WORLD_SIZE": "2", "RANK": "0"},
+        ["rm_ensemble.py drives rm_bt.py: start it with python, and --nproc-per-node N runs each rm_bt.py under "
+         "torchrun"]),
+    "rm_ensemble: an ensemble of one, a smoothing over 1": (
+        "rm_ensemble.py", ["--ensemble-size", "1", "--label-smoothing", "2"], {},
+        ["--ensemble-size must be at least 2 (one member has no spread and nothing to vote), got 1",
+         "--label-smoothing must be in [0, 1], got 2.0"]),
     "rm_kwise sizes and K": (
         "rm_kwise.py", ["--prompts-per-batch", "0", "--k-min", "5", "--k-max", "3", "--max-length", "0"], {},
         ["--prompts-per-batch must be a positive integer, got 0", "--k-max must be at least --k-min (5), got 3",
@@ -75,60 +89,17 @@ CASES = {
         "rm_kwise.py", ["--model", "gpt2"],
         {**EMPTY_CACHE, "HF_HUB_OFFLINE": None, "TRANSFORMERS_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"},
         ["gpt2: no such local directory, and not a model in the Hugging Face cache, and the hub is not reachable"]),
+    "LoRA: --merge-lora without --use-peft": (
+        "sft.py", ["--merge-lora"], {}, ["--merge-lora merges LoRA adapters: it needs --use-peft"]),
+    "LoRA: a rank of 0": ("dpo.py", ["--use-peft", "--lora-r", "0"], {}, ["--lora-r must be >= 1"]),
+    "LoRA on a model trained from scratch": (
+        "sft.py", ["--use-peft"], {}, ["--use-peft adapts a pretrained model: pass --model"]),
     "a stop token the tokenizer does not have": (
         "ppo_rlhf.py", ["--stop-token", "<nope>"], {},
         ["--stop-token '<nope>' is not one token of the tokenizer of common/bundled_model"]),
 }
 SCRIPTS = ["sft.py", "rm_bt.py", "rm_kwise.py", "ppo_rlhf.py", "dpo.py", "rm_composite.py", "grpo.py",
-           "expert_iteration.py"]
-
-
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """{case or script --help: (directory it ran in, exit code, stdout + stderr)}, all run at once."""
-    def one(key):
-        cwd = tmp_path_factory.mktemp("run")
-        if key in CASES:
-            script, flags, env, _ = CASES[key]
-            return key, (cwd, *run_capture(script, *flags, cwd=cwd, env=env))
-        return key, (cwd, *run_capture(key, "--help", cwd=cwd, env={"COLUMNS": "1000"}))
-
-    with ThreadPoolExecutor(4) as pool:
-        return dict(pool.map(one, [*CASES, *SCRIPTS]))
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_a_mistake_stops_the_run_with_lines_that_name_it(case, results):
-    cwd, code, out = results[case]
-    assert code != 0, out
-    assert "Traceback" not in out, out
-    for line in CASES[case][3]:
-        assert line in out, out
-    assert len(out.strip().splitlines()) <= len(CASES[case][3]) + 3, out  # a few lines, not a report
-    assert not (cwd / "runs").exists(), "a failed start left a run directory"
-
-
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_help_says_what_the_script_does_and_each_default_once(script, results):
-    _, code, out = results[script]
-    assert code == 0, out
-    first_line = ast.get_docstring(ast.parse((ROOT / script).read_text())).splitlines()[0]
-    assert first_line in out, out
-    twice = [line for line in out.splitlines() if re.search(r"\(default\b.*\(default\b", line)]
-    assert not twice, twice
-
-
-def test_expected_warnings_are_replaced_by_one_line(tmp_path):
-    """The value network from a causal LM gets a fresh head: one line says so, in place of transformers' load report;
-    and generate() on prompts without padding (the first 4 eval prompts) no longer warns about the attention mask."""
-    code, out = run_capture("ppo_rlhf.py", "--total-episodes", "8",
-                            "--rollout-batch-size", "8", "--num-mini-batches", "1", "--num-ppo-epochs", "1",
-                            "--num-eval-prompts", "4", "--response-length", "32", "--output-dir", str(tmp_path / "model"),
-                            cwd=tmp_path)
-    assert code == 0, out
-    assert "a fresh scalar head on common/bundled_model (the checkpoint has none)" in out
-    assert "LOAD REPORT" not in out and "MISSING" not in out, out
-    assert "attention_mask" not in out, out
+           "expert_iteration.py", "rm_ensemble.py"]
 
 
 # ---------------------------------------------------------------- the user's data: checked before any model loads
@@ -161,17 +132,78 @@ DATA_CASES = {
     "every line that is not JSON": ("rm_bt.py", ["--dataset", "bad.jsonl"],
                                     ["3 line(s) of bad.jsonl are not JSON", "bad.jsonl:2:", "bad.jsonl:4:", "bad.jsonl:5:"]),
     "conversations without a chat template": ("dpo.py", ["--dataset", "chat.jsonl"], ["has no chat template"]),
+    "labeler screening on rows that name no labeler": (
+        "rm_ensemble.py", ["--dataset", "chat.jsonl", "--min-labeler-agreement", "0.6"],
+        ["--min-labeler-agreement: the rows of chat.jsonl do not name their labeler"]),
     "English for the bundled model": ("rm_bt.py", ["--dataset", "english.jsonl"],
                                       ["unknown to the model's tokenizer", "pass --model with a pretrained model"]),
 }
 
 
-@pytest.mark.parametrize("case", DATA_CASES)
-def test_a_data_mistake_stops_the_run_with_lines_that_name_it(case, tmp_path):
-    _files(tmp_path)
-    script, flags, lines = DATA_CASES[case]
-    code, out = run_capture(script, *flags, cwd=tmp_path)
-    assert code != 0 and "Traceback" not in out, out
-    for line in lines:
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """{("flags" or "data", case): (directory it ran in, exit code, stdout + stderr)}, all run at once (4 at a time:
+    each is mostly Python importing torch)."""
+    keys = [("flags", c) for c in CASES] + [("data", c) for c in DATA_CASES]
+    cwds = {key: tmp_path_factory.mktemp("run") for key in keys}  # here: mktemp is not safe across threads
+
+    def one(key):
+        cwd = cwds[key]
+        if key[0] == "data":
+            _files(cwd)
+            script, flags, _ = DATA_CASES[key[1]]
+            return key, (cwd, *run_capture(script, *flags, cwd=cwd))
+        script, flags, env, _ = CASES[key[1]]
+        return key, (cwd, *run_capture(script, *flags, cwd=cwd, env=env))
+
+    with ThreadPoolExecutor(4) as pool:
+        return dict(pool.map(one, keys))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_mistake_stops_the_run_with_lines_that_name_it(case, results):
+    cwd, code, out = results["flags", case]
+    assert code != 0, out
+    assert "Traceback" not in out, out
+    for line in CASES[case][3]:
         assert line in out, out
-    assert not (tmp_path / "runs").exists(), "a failed start left a run directory"
+    assert len(out.strip().splitlines()) <= len(CASES[case][3]) + 3, out  # a few lines, not a report
+    assert not (cwd / "runs").exists(), "a failed start left a run directory"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_says_what_the_script_does_and_each_default_once(script, monkeypatch, capsys):
+    """--help, in this process: the script's Args and docstring as its tyro.cli call renders them."""
+    module = importlib.import_module(script.removesuffix(".py"))
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit) as stop:
+        tyro.cli(module.Args, description=module.__doc__, args=["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0, out
+    first_line = ast.get_docstring(ast.parse((ROOT / script).read_text())).splitlines()[0]
+    assert first_line in out, out
+    twice = [line for line in out.splitlines() if re.search(r"\(default\b.*\(default\b", line)]
+    assert not twice, twice
+
+
+def test_expected_warnings_are_replaced_by_one_line(tmp_path):
+    """The value network from a causal LM gets a fresh head: one line says so, in place of transformers' load report;
+    and generate() on prompts without padding (the first 4 eval prompts) no longer warns about the attention mask."""
+    code, out = run_capture("ppo_rlhf.py", "--total-episodes", "8",
+                            "--rollout-batch-size", "8", "--num-mini-batches", "1", "--num-ppo-epochs", "1",
+                            "--num-eval-prompts", "4", "--response-length", "32", "--output-dir", str(tmp_path / "model"),
+                            cwd=tmp_path)
+    assert code == 0, out
+    assert "a fresh scalar head on common/bundled_model (the checkpoint has none)" in out
+    assert "LOAD REPORT" not in out and "MISSING" not in out, out
+    assert "attention_mask" not in out, out
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_a_data_mistake_stops_the_run_with_lines_that_name_it(case, results):
+    cwd, code, out = results["data", case]
+    assert code != 0 and "Traceback" not in out, out
+    for line in DATA_CASES[case][2]:
+        assert line in out, out
+    assert not (cwd / "runs").exists(), "a failed start left a run directory"

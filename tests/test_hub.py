@@ -35,7 +35,8 @@ def run(hub, script, *flags):
 
 def tracked(hub, script, *flags):
     """run() with --track, in W&B's offline mode (conftest): the run's TensorBoard scalars are mirrored into a W&B run
-    (sync_tensorboard), found under wandb/offline-run-*/files/runs/<run_name>/ with the same scalars."""
+    (sync_tensorboard), found under wandb/offline-run-*/files/runs/<run_name>/ with the same scalars. The W&B path is
+    runs.make_run's, shared by every script: it is tested on ppo_rlhf.py's run (about 10 s a run)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     before = {p.name for p in (hub / "runs").glob("*")}
@@ -52,7 +53,7 @@ def tracked(hub, script, *flags):
 def test_dpo_on_hh_rlhf_with_gpt2(hub):
     """python dpo.py --model gpt2 --dataset Anthropic/hh-rlhf: GPT-2's one token for unk, bos and eos, no pad; hh-rlhf's
     implicit prompt."""
-    out = tracked(hub, "dpo.py", "--model", "gpt2", "--dataset", "hh-rlhf", *SMALL, "--output-dir", "dpo_hh")
+    out = run(hub, "dpo.py", "--model", "gpt2", "--dataset", "hh-rlhf", *SMALL, "--output-dir", "dpo_hh")
     assert "hh-rlhf: 24 pairwise rows from split train, 24 for evaluation (split test)" in out
     assert re.search(r"dpo \(sigmoid, beta 0.5\): eval accuracy 0.50 -> [\d.]+", out)
     assert AutoModelForCausalLM.from_pretrained(hub / "dpo_hh").config.model_type == "gpt2"
@@ -60,14 +61,14 @@ def test_dpo_on_hh_rlhf_with_gpt2(hub):
 
 def test_reward_model_on_trl_ultrafeedback_with_qwen2(hub):
     """Conversational rows with an implicit prompt, rendered with Qwen2's chat template (pad != eos)."""
-    out = tracked(hub, "rm_bt.py", "--model", "qwen2", "--dataset", "trl-ultrafeedback", *SMALL, "--output-dir", "rm_uf")
+    out = run(hub, "rm_bt.py", "--model", "qwen2", "--dataset", "trl-ultrafeedback", *SMALL, "--output-dir", "rm_uf")
     assert re.search(r"rm_bt: eval accuracy [\d.]+ -> [\d.]+", out)
     assert AutoModelForSequenceClassification.from_pretrained(hub / "rm_uf").config.num_labels == 1
 
 
 def test_plackett_luce_on_nectar_with_llama(hub):
     """Starling's recipe: Nectar's 7 answers ordered by their rank, Llama's BOS, a 5% held-out split (Nectar has one split)."""
-    out = tracked(hub, "rm_kwise.py", "--model", "llama", "--dataset", "nectar", "--prompts-per-batch", "4",
+    out = run(hub, "rm_kwise.py", "--model", "llama", "--dataset", "nectar", "--prompts-per-batch", "4",
                   "--num-epochs", "1", "--output-dir", "rm_nectar")
     assert "nectar: " in out and "of the prompts held out" in out
     assert re.search(r"rm_kwise \(plackett-luce\): eval pairwise accuracy [\d.]+ -> [\d.]+", out)
@@ -103,7 +104,7 @@ def test_ppo_on_tldr_with_a_reward_model_from_rm_bt(hub):
     ("neox", "tldr", []),
 ])
 def test_sft_with_each_tokenizer(hub, kind, dataset, flags):
-    out = (tracked if kind == "gpt2" else run)(hub, "sft.py", "--model", kind, "--dataset", dataset, *flags, "--num-epochs", "1", *SMALL,
+    out = run(hub, "sft.py", "--model", kind, "--dataset", dataset, *flags, "--num-epochs", "1", *SMALL,
               "--output-dir", f"sft_{kind}")
     assert re.search(r"sft: eval loss [\d.]+ -> [\d.]+", out)
 

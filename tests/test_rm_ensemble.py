@@ -96,6 +96,16 @@ def test_tiny_run_flags_noisy_pairs_and_drops_the_outlier(ensemble):
     assert {"eval/gold_accuracy", "eval/ceiling", "labelers/agreement/2"} <= set(logged)
 
 
+def test_differences_come_back_in_the_rows_order(ensemble):
+    """Scored in batches of similar length, each pair's difference lands on its own row: as scored one at a time."""
+    tmp, _ = ensemble
+    rows = [json.loads(line) for line in (tmp / "ens" / "member0" / "data" / "train.jsonl").open()][:40]
+    batched = rm_ensemble.differences(tmp / "ens" / "member0", rows, "cpu", batch_size=16)
+    alone = torch.cat([rm_ensemble.differences(tmp / "ens" / "member0", [r], "cpu") for r in rows[:10]])
+    assert batched[:10].tolist() == pytest.approx(alone.tolist(), abs=1e-5)
+    assert len(set(batched.tolist())) > 30  # distinct pairs, distinct differences: a misplaced one would show
+
+
 def test_ppo_against_the_ensemble_logs_its_spread(ensemble):
     tmp, _ = ensemble
     out = run_script("ppo_rlhf.py", "--reward-model", str(tmp / "ens"), "--ensemble-aggregate", "mean_minus_std",

@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 import methods  # noqa: E402
+import noise  # noqa: E402
 import study  # noqa: E402
 
 
@@ -78,6 +79,12 @@ def test_csv_round_trip_and_plots_from_synthetic_points(tmp_path):
     rows += [dict(part="methods", method=m, setting=f"seed={s}", seed=s, step=0, win_rate=0.5 + 0.02 * i + 0.01 * s,
                   win_rate_se=0.02, gold=0.3 * i, gold_se=0.1, kl=0.4 * i, seconds=60.0 * i, distinct_2=0.5)
              for i, m in enumerate(methods.METHODS) for s in (1, 2, 3)]
+    rows += [dict(part="noise", method=f"{name}, {labels} labels", setting=labels, step=k, kl=0.5 * k, gold=0.2 * k,
+                  proxy=0.3 * k) for name, labels, _, _ in noise.REWARDS for k in range(4)]
+    rows += [dict(part="noise_end", method="SFT (base)", setting="", step=0, kl=0.0, gold=-0.2, distinct_2=0.6)]
+    rows += [dict(part="noise_end", method=f"{name}, {labels} labels", setting=labels, step=3, kl=1.5, gold=0.6,
+                  proxy=0.9, peak_gold=0.6, peak_kl=1.5, distinct_2=0.4, entropy_start=1.2, entropy_end=0.8)
+             for name, labels, _, _ in noise.REWARDS]
     study.write_csv(tmp_path / "results.csv", rows)
     back = study.read_csv(tmp_path / "results.csv")
     assert len(back) == len(rows) and back[0] == rows[0] | {"step": 0.0}  # numbers come back as floats, text as text
@@ -86,12 +93,17 @@ def test_csv_round_trip_and_plots_from_synthetic_points(tmp_path):
     pytest.importorskip("matplotlib")
     written = study.plot(back, fits, tmp_path)
     assert written == ["frontier.png", "overoptimization.png", "length_hacking.png", "data_scale.png", "alignment_gap.png",
-                       "methods.png", "methods.md"]
+                       "methods.png", "methods.md", "noise.png", "noise.md"]
     table = (tmp_path / "methods.md").read_text().splitlines()
     assert len(table) == 2 + len(methods.METHODS)  # header, rule, one row per method: the means over the 3 seeds
     assert table[3] == "| best-of-16 | 54.0 ± 2.0 | 53.0 to 55.0 (3 seeds) | 0.30 | 0.40 | 0.50 | 60 |"
-    for name in written[:-1]:
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    noise_table = (tmp_path / "noise.md").read_text().splitlines()
+    assert len(noise_table) == 3 + len(noise.REWARDS)  # header, rule, the base policy, one row per reward
+    assert noise_table[2] == "| SFT (base) | | 0.00 (0.0) | | 0.60 | |"  # every run's first evaluation
+    assert noise_table[3] == "| single RM, noiseless labels | 0.60 (1.5) | 0.60 (1.5) | 0.90 | 0.40 | 1.20 -> 0.80 |"
+    for name in written:
+        if name.endswith(".png"):
+            assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_single_feature_pairs_differ_in_that_feature_alone():
