@@ -35,10 +35,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import tyro
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import data, models, runs, sampling, task
+from common import data, models, parallel, runs, sampling, task
 
 
 @dataclass
@@ -111,6 +110,8 @@ class Args:
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
     """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (see LoraArgs)"""
+    sharding: tyro.conf.OmitArgPrefixes[parallel.ParallelArgs] = field(default_factory=parallel.ParallelArgs)
+    """under torchrun: --fsdp, --fsdp-cpu-offload (see common/parallel.py); DDP without them"""
     learning_rate: Optional[float] = None
     """peak learning rate; if not given: 3e-4 for a small model like the bundled one,
     1e-6 for a pretrained one (the DPO paper, TRL)"""
@@ -274,6 +275,7 @@ if __name__ == "__main__":
                runs.prompt_length_rule(args)],
     )
     rank, world, device, dtype = runs.setup_distributed(args.cuda)
+    parallel.check(args.sharding, world, device)
     runs.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else runs.quiet
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
@@ -304,7 +306,9 @@ if __name__ == "__main__":
     # --use-peft: adapters on, the model's own weights frozen
     model = models.prepare(model, args.gradient_checkpointing, args.lora, dtype, device)
     ref_model = models.reference_of(model, dtype)  # a frozen copy, or with adapters the same network with them off
-    ddp_model = DDP(model) if world > 1 else model
+    # DDP (gradients averaged over ranks in backward) or, with --fsdp, policy and reference sharded in place
+    ddp_model = parallel.wrap(model, args.sharding, world, dtype)
+    ref_model = parallel.frozen(ref_model, args.sharding, world, dtype)
     torch.manual_seed(args.seed + rank)  # each rank samples differently at evaluation
     pad_id = tokenizer.pad_token_id
 
@@ -324,11 +328,13 @@ if __name__ == "__main__":
     if not args.reference_on_the_fly:
         t0 = time.time()
         batching = (args.per_device_batch_size, pad_id, device, autocast, rank, world)
-        train_ref = precompute_reference(ref_model, train_c, train_r, *batching)
-        eval_ref = precompute_reference(ref_model, eval_c, eval_r, *batching)
+        with parallel.gathered(ref_model):  # --fsdp: ranks may run different numbers of forwards
+            train_ref = precompute_reference(ref_model, train_c, train_r, *batching)
+            eval_ref = precompute_reference(ref_model, eval_c, eval_r, *batching)
         say(f"reference log-probs of {len(train_c)} train and {len(eval_c)} eval pairs precomputed in "
             f"{time.time() - t0:.1f}s")
-        ref_model = ref_model.to("cpu") if args.eval_kl and eval_prompts else None
+        keep = args.eval_kl and eval_prompts  # for the KL of samples: on the CPU, unless sharded (.to() would unshard)
+        ref_model = (ref_model if parallel.sharded(ref_model) else ref_model.to("cpu")) if keep else None
         if device.type == "cuda":
             torch.cuda.empty_cache()
     global_batch = args.per_device_batch_size * args.gradient_accumulation_steps * world
@@ -339,6 +345,7 @@ if __name__ == "__main__":
     scheduler = runs.warmup_cosine(optimizer, warmup, num_steps)
 
     @torch.no_grad()
+    @parallel.gathered(model, ref_model)  # --fsdp: gathered once; ranks may run different numbers of forwards
     def evaluate():
         """Held-out pair metrics (eval/...), and on task prompts: samples, their gold reward and their KL to the
         reference, the mean over samples of log pi(y|x) - log pi_ref(y|x) (the axes of the DPO paper's frontier)."""
@@ -358,12 +365,15 @@ if __name__ == "__main__":
             texts, batches = sample(model, tokenizer, queries, args.max_new_tokens, args.temperature)
             ev = task.grades(prompts, texts, prefix="eval/") | {"eval/response_length": [len(t.split()) for t in texts]}
             if ref_model is not None:
-                ref_model.to(device)  # from its CPU copy when the reference log-probs were precomputed
+                move = not args.reference_on_the_fly and not parallel.sharded(ref_model)
+                if move:  # from its CPU copy when the reference log-probs were precomputed
+                    ref_model.to(device)
                 with autocast:
                     policy_logps = sample_logps(model, batches, args.temperature)
                     kl = policy_logps - sample_logps(ref_model, batches, args.temperature)
                 ev["eval/kl"] = kl.tolist()
-                ref_model.to(device if args.reference_on_the_fly else "cpu")
+                if move:
+                    ref_model.to("cpu")
             out |= runs.global_means(ev)  # a process with no share (fewer samples than processes) adds nothing
             out["samples"] = list(zip(prompts[:8], texts[:8]))
         model.train()
@@ -387,8 +397,7 @@ if __name__ == "__main__":
             optimizer.zero_grad()
             sums = Counter()
             for k, (idx, weight) in enumerate(micro):
-                sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()
-                with sync, autocast:
+                with parallel.accumulating(ddp_model, k == len(micro) - 1), autocast:  # reduced on the last
                     loss, m = pair_batch(ddp_model, ref_model, train_ref, train_c, train_r, idx, args, pad_id, device)
                     (loss * weight).backward()
                 sums.update({key: v * weight for key, v in m.items()})
@@ -412,6 +421,7 @@ if __name__ == "__main__":
     bar.close()
 
     after = ev
+    model = parallel.plain(model, rank)  # --fsdp: the whole model gathered to rank 0
     if rank == 0:
         if "samples" in after:
             writer.add_text("samples", "\n\n".join(f"**{p}** {r}" for p, r in after["samples"]), step)

@@ -29,10 +29,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 import tyro
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import data, models, runs, task
+from common import data, models, parallel, runs, task
 
 
 @dataclass
@@ -99,6 +98,8 @@ class Args:
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
     """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (see LoraArgs)"""
+    sharding: tyro.conf.OmitArgPrefixes[parallel.ParallelArgs] = field(default_factory=parallel.ParallelArgs)
+    """under torchrun: --fsdp, --fsdp-cpu-offload (see common/parallel.py); DDP without them"""
     learning_rate: Optional[float] = None
     """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled
     one, 1e-5 for a pretrained one (Stiennon et al. 1.5e-5, InstructGPT 9e-6)"""
@@ -162,7 +163,7 @@ def score(model, seqs, pad_id, device):
     model: a sequence-classification model, or models.LastTokenReward (possibly DDP-wrapped)."""
     ids = data.pad(seqs, pad_id).to(device)
     attention_mask = data.pad([[1] * len(s) for s in seqs], 0).to(device)
-    if isinstance(model, (models.LastTokenReward, DDP)):
+    if not hasattr(model, "score"):  # models.LastTokenReward, possibly in DDP or sharded
         return model(ids, attention_mask)
     return models.reward_at_last_token(model, ids, attention_mask)
 
@@ -253,6 +254,7 @@ if __name__ == "__main__":
                runs.prompt_length_rule(args)],
     )
     rank, world, device, dtype = runs.setup_distributed(args.cuda)
+    parallel.check(args.sharding, world, device)
     runs.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else runs.quiet
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
@@ -304,8 +306,9 @@ if __name__ == "__main__":
     lr = args.learning_rate
     # --use-peft: adapters and head trained, the rest frozen
     model = models.prepare(model, args.gradient_checkpointing, args.lora, dtype, device)
-    # DDP averages the gradients across ranks in backward()
-    ddp_model = DDP(models.LastTokenReward(model)) if world > 1 else model
+    # DDP (gradients averaged over ranks in backward) or, with --fsdp, the model sharded in place
+    ddp_model = parallel.wrap(models.LastTokenReward(model), args.sharding, world, dtype) if world > 1 else model
+    scorer = ddp_model if parallel.sharded(model) else model  # a sharded model is called through its root
     pad_id = tokenizer.pad_token_id
 
     train, counts = encode_pairs(train_rows, tokenizer, args, args.margin)
@@ -343,8 +346,8 @@ if __name__ == "__main__":
     scheduler = runs.warmup_cosine(optimizer, warmup, num_steps)
 
     def log_eval(step):
-        with autocast:
-            ev = evaluate(model, eval_pairs, pad_id, device, args, gold_sign, rank=rank, world=world,
+        with autocast, parallel.gathered(scorer):
+            ev = evaluate(scorer, eval_pairs, pad_id, device, args, gold_sign, rank=rank, world=world,
                           calibration=calibration)
         runs.log_scalars(writer, ev, step, prefix="eval/")
         if ceiling is not None:
@@ -374,9 +377,8 @@ if __name__ == "__main__":
                 batch = [train[j] for j in part]
                 m = torch.tensor([p["margin"] for p in batch], device=device) if args.margin else None
                 a = torch.tensor([p["smoothing"] for p in batch], device=device) if smoothed else None
-                # all-reduce once, after the last micro-batch
-                sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()
-                with sync, autocast:
+                # gradients reduced over ranks once, after the last micro-batch
+                with parallel.accumulating(ddp_model, k == len(micro) - 1), autocast:
                     rc, rr = score_pairs(ddp_model, batch, pad_id, device)  # (b,), (b,)
                     loss = bradley_terry_loss(rc, rr, m, args.center_coef, a)
                     (loss * weight).backward()
@@ -405,17 +407,18 @@ if __name__ == "__main__":
     bar.close()
     train_time = time.time() - start
 
-    if rank != 0:  # rank 0 alone normalizes, saves and reports
-        runs.finish(writer)
-        raise SystemExit(0)
     # Normalization: a bias so that reference responses score mean 0 (Stiennon et al.; InstructGPT uses the
     # demonstrations), and with --normalize-std a gain for std 1 (lm-human-preferences). ppo_rlhf.py applies it.
     ref_encoded = data.encode_demonstrations(tokenizer, ref_rows, args.max_length, args.max_prompt_length,
-                                             "reference responses")
+                                             "reference responses", rank == 0)
     ref_ids = [ids for ids, _ in ref_encoded]
-    model.eval()
-    with torch.no_grad(), autocast:
-        ref = torch.cat([score(model, ref_ids[i : i + 256], pad_id, device) for i in range(0, len(ref_ids), 256)])
+    scorer.eval()
+    with torch.no_grad(), autocast, parallel.gathered(scorer):
+        ref = torch.cat([score(scorer, ref_ids[i : i + 256], pad_id, device) for i in range(0, len(ref_ids), 256)])
+    model = parallel.plain(model, rank)  # --fsdp: the whole model gathered to rank 0
+    if rank != 0:  # rank 0 alone saves and reports
+        runs.finish(writer)
+        raise SystemExit(0)
     model.config.reward_mean, model.config.reward_std = reward_normalization(ref, args.normalize_std)
     if calibration is not None and ev["calibration_a"] > 0:  # on gold's scale: (raw - mean) / std = a * raw + b
         a, b = ev["calibration_a"], ev["calibration_b"]

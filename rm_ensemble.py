@@ -154,21 +154,24 @@ def train_rm(args, rows, eval_rows, out, seed, margin=False):
 
 
 @torch.no_grad()
-def differences(model_dir, rows, device, batch_size=256, trust_remote_code=False):
+def differences(model_dir, rows, device, rm_flags="", batch_size=256, trust_remote_code=False):
     """(N,) r(chosen) - r(rejected) of each row under a saved reward model, in its raw units (the saved
-    normalization undone: every member is trained alike, so raw differences are on one scale, as the paper's)."""
+    normalization undone: every member is trained alike, so raw differences are on one scale, as the paper's).
+    The pairs are encoded as rm_bt.py encoded them in training (its lengths, from --rm-flags or its defaults)."""
+    rm_args = tyro.cli(rm_bt.Args, args=["--model", str(model_dir), *shlex.split(rm_flags)])
     tokenizer = models.load_tokenizer(str(model_dir), trust_remote_code)
-    reward = scoring.load(str(model_dir), tokenizer, device=device, trust_remote_code=trust_remote_code)
-    reward["same_vocab"] = False  # score the texts, encoded by the reward model's own tokenizer
-    _, std = scoring.normalization(reward["model"].config, reward["label"])
+    model = models.load_reward_model(str(model_dir), torch.float32, trust_remote_code, num_labels=None)
+    model = models.disable_dropout(model).to(device).eval()
+    lengths = {"max_length": (96, 1024), "max_prompt_length": (32, 512)}  # as rm_bt.py fills them
+    models.fit_defaults(rm_args, model, tokenizer, (1e-3, 1e-5), lengths, say=runs.quiet)
+    pairs, _ = rm_bt.encode_pairs(rows, tokenizer, rm_args, use_margin=False)
+    _, std = scoring.normalization(model.config, 0)
     # pairs of similar length batched together (less padding: about 2x faster), the results put back in order
-    order = sorted(range(len(rows)), key=lambda i: max(len(json.dumps(rows[i][k])) for k in ("chosen", "rejected")))
-    out = torch.empty(len(rows))
-    for i in range(0, len(rows), batch_size):
-        chunk = [rows[j] for j in order[i : i + batch_size]]
-        prompts, eos = [r["prompt"] for r in chunk] * 2, torch.ones(2 * len(chunk), dtype=torch.bool)
-        s = scoring.score(reward, prompts, [r["chosen"] for r in chunk] + [r["rejected"] for r in chunk], eos)
-        out[order[i : i + batch_size]] = std * (s[: len(chunk)] - s[len(chunk) :])
+    order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i]["chosen"]), len(pairs[i]["rejected"])))
+    out = torch.empty(len(pairs))
+    for i in range(0, len(pairs), batch_size):
+        rc, rr = rm_bt.score_pairs(model, [pairs[j] for j in order[i : i + batch_size]], tokenizer.pad_token_id, device)
+        out[order[i : i + batch_size]] = std * (rc - rr).float().cpu()
     return out
 
 
@@ -251,7 +254,7 @@ if __name__ == "__main__":
         members.append(out_dir / f"member{m}")
 
     # 2. Preference strength of every training pair; the flagged pairs; the truth where it is known
-    score_args = (device, args.scoring_batch_size, args.trust_remote_code)
+    score_args = (device, args.rm_flags, args.scoring_batch_size, args.trust_remote_code)
     saved = Path(args.members_from) / "strengths.jsonl" if args.members_from else None
     saved = [json.loads(line) for line in saved.open()] if saved and saved.is_file() else []
     same_rows = [(x["prompt"], x["chosen"], x["rejected"]) for x in saved] == [

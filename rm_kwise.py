@@ -30,10 +30,9 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 import tyro
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import data, models, runs, task
+from common import data, models, parallel, runs, task
 
 
 @dataclass
@@ -95,6 +94,8 @@ class Args:
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
     """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (see LoraArgs)"""
+    sharding: tyro.conf.OmitArgPrefixes[parallel.ParallelArgs] = field(default_factory=parallel.ParallelArgs)
+    """under torchrun: --fsdp, --fsdp-cpu-offload (see common/parallel.py); DDP without them"""
     learning_rate: Optional[float] = None
     """peak learning rate, linear warmup then cosine decay to 0; if not given: 1e-3 for a small model like the bundled
     one, 1e-5 for a pretrained one"""
@@ -192,10 +193,10 @@ def ranking_metrics(scores, mask):
 
 def score_sequences(model, seqs, pad_id, device, chunk=32):
     """(N,) raw rewards of token-id lists, read at the last real token (models.reward_at_last_token; model may
-    also be a models.LastTokenReward, possibly DDP-wrapped). Each sequence is forwarded once; sorted by length into
+    also be a models.LastTokenReward, in DDP or sharded). Each sequence is forwarded once; sorted by length into
     chunks, each padded only to its own longest (about 2x faster here than padding all to the longest; the
     rewards and gradients are the same)."""
-    forward = model if isinstance(model, (models.LastTokenReward, DDP)) else models.LastTokenReward(model)
+    forward = models.LastTokenReward(model) if hasattr(model, "score") else model
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     parts = []
     for b in range(0, len(seqs), chunk):
@@ -229,11 +230,12 @@ def encode_rankings(rows, tokenizer, args):
 
 
 @torch.no_grad()
-def evaluate(model, eval_ids, pad_id, device, loss_fn, gold=None, lengths=None, chunk=32):
-    """Held-out loss and ranking metrics; agreement with the gold reward and the reward-length correlation
-    when given. Returns the metrics and the (P, Kmax) scores."""
+def evaluate(model, eval_ids, pad_id, device, loss_fn, gold=None, lengths=None, chunk=32, calibration=None):
+    """Held-out loss and ranking metrics; agreement with the gold reward, the reward-length correlation and, with
+    calibration (ids, gold), the alignment gap, when given. Returns the metrics and the (P, Kmax) scores."""
     model.eval()
     scores, mask = score_rankings(model, eval_ids, pad_id, device, chunk)  # (P, Kmax)
+    raw = score_sequences(model, calibration[0], pad_id, device, chunk).float() if calibration else None
     model.train()
     out = {"loss": loss_fn(scores, mask).item(), **ranking_metrics(scores, mask)}
     if gold is not None:
@@ -242,6 +244,8 @@ def evaluate(model, eval_ids, pad_id, device, loss_fn, gold=None, lengths=None, 
         r, n = scores[mask].double(), lengths.to(device)[mask].double()
         out["reward_length_corr"] = torch.corrcoef(torch.stack([r, n]))[0, 1].item()
     out["reward_mean"], out["reward_std"] = scores[mask].mean().item(), scores[mask].std().item()
+    if calibration:  # the alignment gap on gold's scale, and the rank correlation with gold
+        out |= task.alignment_gap(raw.tolist(), calibration[1], scores[mask].tolist(), gold.to(device)[mask].tolist())
     return out, scores
 
 
@@ -254,6 +258,7 @@ if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
     # first: the batches are shared among the processes
     rank, world, device, dtype = runs.setup_distributed(args.cuda)
+    parallel.check(args.sharding, world, device)
     runs.check_args(
         args,
         positive=["num_epochs", "prompts_per_batch", "learning_rate", "forward_chunk", "max_length",
@@ -268,8 +273,7 @@ if __name__ == "__main__":
                runs.prompt_length_rule(args)],
     )
     if args.shuffle_pairs and args.loss != "pairwise":
-        raise SystemExit("--shuffle-pairs trains on single pairs, so it needs --loss pairwise "
-                         "(Bradley-Terry on each pair)")
+        raise SystemExit("--shuffle-pairs trains on single pairs: it needs --loss pairwise (Bradley-Terry on each)")
     runs.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else runs.quiet
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
@@ -304,8 +308,9 @@ if __name__ == "__main__":
     models.fit_defaults(args, model, tokenizer, (1e-3, 1e-5), lengths, say)
     # --use-peft: adapters and head trained, the rest frozen
     model = models.prepare(model, args.gradient_checkpointing, args.lora, dtype, device)
-    # DDP averages the gradients across ranks in backward()
-    ddp_model = DDP(models.LastTokenReward(model)) if world > 1 else model
+    # DDP (gradients averaged over ranks in backward) or, with --fsdp, the model sharded in place
+    ddp_model = parallel.wrap(models.LastTokenReward(model), args.sharding, world, dtype) if world > 1 else model
+    scorer = ddp_model if parallel.sharded(model) else model  # a sharded model is called through its root
     loss_fn = LOSSES[args.loss]
 
     train_ids, _, counts = encode_rankings(train_rows, tokenizer, args)
@@ -315,10 +320,8 @@ if __name__ == "__main__":
     K = max(len(r["completions"]) for r in eval_rows)
     eval_lengths = padded(eval_lengths, K)
     # Gold agreement and the labeler's ceiling where the ground truth is known (task prompts / the embedded labeler)
-    has_gold = all(task.is_task_prompt(r["prompt"]) for r in eval_rows)
-    has_gold = has_gold and all(isinstance(c, str) for r in eval_rows for c in r["completions"])
     gold = None
-    if has_gold:
+    if all(task.is_task_prompt(r["prompt"]) and all(isinstance(c, str) for c in r["completions"]) for r in eval_rows):
         gold = padded([[task.gold_reward(r["prompt"], c) for c in r["completions"]] for r in eval_rows], K)
     # Every pair of a Plackett-Luce ranking has the Bradley-Terry marginal, so a perfect model's expected pairwise
     # accuracy is the mean of labeler.ceiling over all eval pairs
@@ -328,10 +331,10 @@ if __name__ == "__main__":
                 for i in range(len(c)) for j in range(i + 1, len(c))]
         ceiling = sum(ceil) / len(ceil)
         say(f"labeler's ceiling on held-out pairwise accuracy: {ceiling:.3f} ({len(ceil)} eval pairs)")
-    cal_ids = None
-    if embedded and args.calibration_size:  # absolute gold ratings of generator responses on train prompts
-        cal_ids, cal_gold = data.calibration_set(tokenizer, train_prompts, args.calibration_size, args.seed + 4,
-                                                 args.max_length, args.max_prompt_length)
+    calibration = None  # absolute gold ratings of generator responses on train prompts: the alignment gap
+    if embedded and args.calibration_size:
+        calibration = data.calibration_set(tokenizer, train_prompts, args.calibration_size, args.seed + 4,
+                                           args.max_length, args.max_prompt_length)
 
     # Batches: per prompt (all C(K,2) pairs of a prompt in one batch element, InstructGPT), or shuffled pairs
     steps_per_epoch = math.ceil(len(train_ids) / args.prompts_per_batch)
@@ -350,24 +353,21 @@ if __name__ == "__main__":
     pad_id = tokenizer.pad_token_id
 
     def log_eval(step):
-        """On rank 0 only (the plain model, no collective): the others go on and wait at the next all-reduce."""
-        with autocast:
-            ev, scores = evaluate(model, eval_ids, pad_id, device, loss_fn, gold, eval_lengths, args.forward_chunk)
-            if cal_ids is not None:  # the alignment gap on gold's scale, and the rank correlation with gold
-                model.eval()
-                with torch.no_grad():
-                    raw = score_sequences(model, cal_ids, pad_id, device, args.forward_chunk).float()
-                model.train()
-                mask = torch.arange(K)[None, :] < torch.tensor([len(r) for r in eval_ids])[:, None]
-                ev |= task.alignment_gap(raw.tolist(), cal_gold, scores.cpu()[mask].tolist(), gold[mask].tolist())
-        runs.log_scalars(writer, ev, step, prefix="eval/")
-        if ceiling is not None:
-            writer.add_scalar("eval/ceiling", ceiling, step)
-        return ev
+        """Rank 0 evaluates with no collective inside (--fsdp: all ranks gather the model first); others get None."""
+        with parallel.gathered(scorer):
+            if rank != 0:
+                return None
+            with autocast:
+                ev, _ = evaluate(scorer, eval_ids, pad_id, device, loss_fn, gold, eval_lengths, args.forward_chunk,
+                                 calibration)
+            runs.log_scalars(writer, ev, step, prefix="eval/")
+            if ceiling is not None:
+                writer.add_scalar("eval/ceiling", ceiling, step)
+            return ev
 
     run_name, writer = runs.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
+    before = log_eval(0)
     if rank == 0:
-        before = log_eval(0)
         print(f"before training: eval loss {before['loss']:.3f}, pairwise accuracy {before['accuracy']:.3f}")
     step, sequences, start = 0, 0, time.time()
     desc = f"rm_kwise {args.loss}" + (" shuffled pairs" if args.shuffle_pairs else "")
@@ -404,26 +404,28 @@ if __name__ == "__main__":
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             writer.add_scalar("charts/epoch", epoch + (b + 1) / len(batches), step)
             writer.add_scalar("charts/completions_per_second", sequences / (time.time() - start), step)
-            if rank == 0 and (step % args.eval_every == 0 or step == num_steps):
+            if step % args.eval_every == 0 or step == num_steps:
                 ev = log_eval(step)
-                bar.set_postfix(loss=f"{logged['loss/train']:.3f}", eval_acc=f"{ev['accuracy']:.3f}")
+                if ev:
+                    bar.set_postfix(loss=f"{logged['loss/train']:.3f}", eval_acc=f"{ev['accuracy']:.3f}")
     bar.close()
     train_time = time.time() - start
 
-    if rank != 0:  # rank 0 alone normalizes, saves and reports
-        runs.finish(writer)
-        raise SystemExit(0)
     # Normalization: the loss is shift-invariant, so set a bias for mean 0 on reference responses (Stiennon et
     # al., InstructGPT), and with --normalize-std a gain for std 1 (lm-human-preferences)
     ref_encoded = data.encode_demonstrations(tokenizer, ref_rows, args.max_length, args.max_prompt_length,
-                                             "reference responses")
+                                             "reference responses", rank == 0)
     ref_ids = [ids for ids, _ in ref_encoded]
-    model.eval()
-    with torch.no_grad(), autocast:
-        ref = score_sequences(model, ref_ids, pad_id, device, args.forward_chunk).float()
+    scorer.eval()
+    with torch.no_grad(), autocast, parallel.gathered(scorer):
+        ref = score_sequences(scorer, ref_ids, pad_id, device, args.forward_chunk).float()
+    model = parallel.plain(model, rank)  # --fsdp: the whole model gathered to rank 0
+    if rank != 0:  # rank 0 alone saves and reports
+        runs.finish(writer)
+        raise SystemExit(0)
     model.config.reward_mean = ref.mean().item()
     model.config.reward_std = ref.std(correction=0).item() if args.normalize_std else 1.0  # population std, as rm_bt.py
-    if cal_ids is not None and ev["calibration_a"] > 0:  # on gold's scale: (raw - mean) / std = a * raw + b
+    if calibration is not None and ev["calibration_a"] > 0:  # on gold's scale: (raw - mean) / std = a * raw + b
         a, b = ev["calibration_a"], ev["calibration_b"]
         model.config.reward_mean, model.config.reward_std = -b / a, 1 / a
     writer.add_scalar("eval/reference_reward_mean", model.config.reward_mean, step)
@@ -437,7 +439,7 @@ if __name__ == "__main__":
     summary += f", top-1 {ev['top1_accuracy']:.3f}, Kendall tau {ev['kendall_tau']:.3f}, eval loss {ev['loss']:.3f}"
     if gold is not None:
         summary += f", gold agreement {ev['gold_accuracy']:.3f}"
-    if cal_ids is not None:
+    if calibration is not None:
         summary += f", alignment gap {ev['alignment_gap']:.3f} (rank corr {ev['rank_correlation']:.3f})"
     summary += (f", reward-length corr {ev['reward_length_corr']:+.2f}, "
                 f"reward_mean {model.config.reward_mean:.3f} reward_std {model.config.reward_std:.3f}, "

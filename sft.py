@@ -17,11 +17,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 import tyro
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from common import data, models, runs, sampling, task
+from common import data, models, parallel, runs, sampling, task
 
 
 @dataclass
@@ -69,6 +68,8 @@ class Args:
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
     """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (see LoraArgs)"""
+    sharding: tyro.conf.OmitArgPrefixes[parallel.ParallelArgs] = field(default_factory=parallel.ParallelArgs)
+    """under torchrun: --fsdp, --fsdp-cpu-offload (see common/parallel.py); DDP without them"""
     learning_rate: Optional[float] = None
     """peak learning rate; if not given: 2e-3 for a small model (from scratch, or the bundled one), 2e-5 for a
     pretrained one (TRL)"""
@@ -112,14 +113,15 @@ def evaluate(model, tokenizer, batches, eval_prompts, eval_queries, args, autoca
     """Held-out loss on demonstrations, and samples on eval prompts graded by the gold reward (embedded task).
     Each rank takes its share of the batches and prompts; the means are taken over all of them."""
     model.eval()
-    with autocast:
+    with autocast, parallel.gathered(model):  # --fsdp: gathered once, then any number of forwards on each rank
         losses = [sft_loss(model(input_ids=ids, attention_mask=am).logits, ids, cm).item()
                   for ids, am, cm in batches[rank::world]]
     out = runs.global_means({"eval/loss": losses})  # a process with no batch (fewer than processes) adds nothing
     if eval_prompts:
         prompts = eval_prompts[rank::world]
         queries = eval_queries[rank::world]
-        responses = sampling.sample_completions(model, tokenizer, queries, args.max_new_tokens, args.temperature)
+        with parallel.gathered(model):
+            responses = sampling.sample_completions(model, tokenizer, queries, args.max_new_tokens, args.temperature)
         out |= runs.global_means(task.grades(prompts, responses, prefix="eval/"))
         out["samples"] = list(zip(prompts[:8], responses[:8]))
     model.train()
@@ -139,6 +141,7 @@ if __name__ == "__main__":
     if args.model == "scratch" and args.lora.use_peft:
         runs.stop("--use-peft adapts a pretrained model: pass --model (from scratch, every weight is trained)")
     rank, world, device, dtype = runs.setup_distributed(args.cuda)
+    parallel.check(args.sharding, world, device)
     runs.seed_everything(args.seed, args.torch_deterministic)  # the same on every rank: same init, same data order
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
@@ -166,7 +169,8 @@ if __name__ == "__main__":
     lr = args.learning_rate
     # --gradient-checkpointing; --use-peft: adapters on, the model's own weights frozen
     model = models.prepare(model, args.gradient_checkpointing, args.lora, dtype, device)
-    ddp_model = DDP(model) if world > 1 else model  # DDP averages the gradients across ranks in backward()
+    # DDP (gradients averaged over ranks in backward) or, with --fsdp, the model sharded in place
+    ddp_model = parallel.wrap(model, args.sharding, world, dtype)
     torch.manual_seed(args.seed + rank)  # after the (identical) init: each rank samples differently
 
     train = data.encode_demonstrations(tokenizer, train_rows, args.max_length, args.max_prompt_length,
@@ -206,9 +210,8 @@ if __name__ == "__main__":
             loss_sum = 0.0
             for k, (idx, weight) in enumerate(micro):
                 ids, am, cm = data.collate([train[i] for i in idx], tokenizer.pad_token_id, device)
-                # gradients are all-reduced only on the last micro-batch of the step
-                sync = nullcontext() if world == 1 or k == len(micro) - 1 else ddp_model.no_sync()
-                with sync, autocast:
+                # gradients are reduced over ranks only on the last micro-batch of the step
+                with parallel.accumulating(ddp_model, k == len(micro) - 1), autocast:
                     loss = sft_loss(ddp_model(input_ids=ids, attention_mask=am).logits, ids, cm)
                     (loss * weight).backward()
                 loss_sum += loss.item() * weight
@@ -230,6 +233,7 @@ if __name__ == "__main__":
     bar.close()
 
     after = ev
+    model = parallel.plain(model, rank)  # --fsdp: the whole model gathered to rank 0
     if rank == 0:
         if "samples" in after:
             writer.add_text("samples", "\n\n".join(f"**{p}** {r}" for p, r in after["samples"]), step)

@@ -88,13 +88,17 @@ def global_batches(order, size, world=1):
 
 def micro_batches(batch, rank, world, size, weights=None):
     """[(items, loss_weight)]: this process's share of a global batch (items rank, rank + world, ...) cut into
-    micro-batches of at most `size`. The loss weight is the micro-batch's share of the global batch, counted in items
-    (or in weights[item], e.g. tokens), times world: the weighted mean losses summed over micro-batches, then averaged
-    over processes by DDP, are the mean over the global batch however unevenly it splits."""
+    micro-batches of at most `size`, as many on every process (under --fsdp each forward is a collective): the largest
+    share's count, every share cut into that many near-equal parts. The loss weight is the micro-batch's share of the
+    global batch, counted in items (or in weights[item], e.g. tokens), times world: the weighted mean losses summed
+    over micro-batches, then averaged over processes by DDP, are the mean over the global batch however unevenly it
+    splits. A share with fewer items than parts (size 1, uneven shares) repeats its first item with weight 0."""
     def total(items):
         return sum(weights[i] for i in items) if weights is not None else len(items)
     mine = batch[rank::world]
-    return [(mine[i : i + size], total(mine[i : i + size]) * world / total(batch)) for i in range(0, len(mine), size)]
+    n = math.ceil(math.ceil(len(batch) / world) / size)
+    parts = [mine[len(mine) * j // n : len(mine) * (j + 1) // n] for j in range(n)]
+    return [(p, total(p) * world / total(batch)) if p else (mine[:1], 0.0) for p in parts]
 
 
 def gather_in_order(values, rank, world):

@@ -16,7 +16,7 @@ def generate(model, **kwargs):
     (prompts without padding) itself, then, once a finished row emits pad tokens, the model warns that a padded input
     came without a mask. Only that warning, only here."""
     with models.without_log("We strongly recommend passing in an `attention_mask`"):
-        return model.generate(**kwargs)
+        return model.generate(synced_gpus=False, **kwargs)  # --fsdp: each rank on its own (parallel.gathered)
 
 
 def stop_token_ids(tokenizer, stop_token="", model_name=""):

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny local checkpoints built here (the tests never download anything)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -176,16 +177,31 @@ def scalars(run_root):
 
 
 def one_and_two_processes(script, flags, tmp_path, summary):
-    """Run script with batch 16 on 1 process and with batch 8 per device on 2 (torchrun, gloo): the same global
-    batch. Checks that each printed its summary once, from rank 0; returns the two runs' logged scalars."""
+    """Run script with batch 16 on 1 process, and with batch 8 per device on 2 (torchrun, gloo) under DDP and under
+    --fsdp: the same global batch. Checks that each printed its summary once, from rank 0, and that the FSDP run saved
+    the weights the DDP run saved (compare_saved); returns the three runs' logged scalars."""
     runs = {}
-    for nproc, batch in ((1, 16), (2, 8)):
-        cwd = tmp_path / f"nproc{nproc}"
+    for name, nproc, batch, extra in (("one", 1, 16, []), ("ddp", 2, 8, []), ("fsdp", 2, 8, ["--fsdp"])):
+        cwd = tmp_path / name
         cwd.mkdir()
-        out = run_script(script, *flags, "--per-device-batch-size", str(batch), "--output-dir", str(cwd / "model"), cwd=cwd, nproc=nproc)
+        out = run_script(script, *flags, *extra, "--per-device-batch-size", str(batch), "--output-dir",
+                         str(cwd / "model"), cwd=cwd, nproc=nproc)
         assert out.count(summary) == 1 and f"on {nproc} process(es)" in out
-        runs[nproc] = scalars(cwd / "runs")
-    return runs[1], runs[2]
+        runs[name] = scalars(cwd / "runs")
+    compare_saved(tmp_path / "ddp" / "model", tmp_path / "fsdp" / "model")
+    return runs["one"], runs["ddp"], runs["fsdp"]
+
+
+def compare_saved(ddp_dir, fsdp_dir, tol=1e-3):
+    """The model an --fsdp run gathered and saved loads in this plain process (no torch.distributed) and holds the
+    weights of the DDP run on the same batches: within tol, set by what it must tell apart (fp32 sums in another
+    order move a weight by about 1e-6; a shard saved in the wrong place or a weight left untrained, by the size of the
+    training's updates, 1e-2 here)."""
+    auto = AutoModelForSequenceClassification if "ForSequenceClassification" in json.loads(
+        (Path(ddp_dir) / "config.json").read_text())["architectures"][0] else AutoModelForCausalLM
+    a, b = auto.from_pretrained(ddp_dir).state_dict(), auto.from_pretrained(fsdp_dir).state_dict()
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < tol
 
 
 def calibration_refit(model_dir, rows, score_fn):

@@ -459,24 +459,27 @@ def test_global_batches_keep_every_item_and_give_every_process_one():
         runs.global_batches([0, 1], 16, world=3)
 
 
-@pytest.mark.parametrize("n, world, size", [(3, 2, 8), (17, 2, 8), (16, 2, 8), (7, 3, 2), (5, 1, 2)])
+@pytest.mark.parametrize("n, world, size", [(3, 2, 8), (17, 2, 8), (16, 2, 8), (7, 3, 2), (5, 1, 2), (3, 2, 1)])
 def test_micro_batch_weights_make_the_ddp_average_the_global_mean(n, world, size):
     """Each process sums weight * (its micro-batch's mean loss) and DDP averages the sums over processes: that must be
-    the mean over the global batch, per item and per token (items with different token counts), written out directly."""
+    the mean over the global batch, per item and per token (items with different token counts), written out directly.
+    Every process gets as many micro-batches (FSDP's forwards are collectives); a weight-0 repeat fills a short share."""
     g = torch.Generator().manual_seed(n)
     loss = torch.randn(n, generator=g, dtype=torch.float64)  # per item: the mean loss over its tokens
     tokens = torch.randint(1, 30, (n,), generator=g).tolist()
     batch = list(range(n))
-    per_item, per_token, seen = 0.0, 0.0, []
+    per_item, per_token, seen, counts = 0.0, 0.0, [], set()
     for rank in range(world):
-        for part, w in runs.micro_batches(batch, rank, world, size):
+        micro = runs.micro_batches(batch, rank, world, size)
+        counts.add(len(micro))
+        for part, w in micro:
             per_item += w * loss[part].mean().item() / world
             assert 0 < len(part) <= size
-            seen += part
+            seen += part if w else []
         for part, w in runs.micro_batches(batch, rank, world, size, weights=tokens):
             token_mean = sum(loss[i].item() * tokens[i] for i in part) / sum(tokens[i] for i in part)
             per_token += w * token_mean / world
-    assert sorted(seen) == batch
+    assert sorted(seen) == batch and len(counts) == 1
     assert per_item == pytest.approx(loss.mean().item(), abs=1e-12)
     assert per_token == pytest.approx(sum(loss[i].item() * tokens[i] for i in batch) / sum(tokens), abs=1e-12)
 

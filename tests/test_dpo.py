@@ -282,29 +282,32 @@ def test_sampled_responses_and_their_log_probs(base):
 
 def test_two_processes_follow_the_one_process_trajectory(tmp_path):
     """torchrun with 2 processes and 8 pairs per device takes the same steps as 1 process with 16: the same global
-    batches, each micro-batch's loss weighted by its share of the global batch, gradients averaged by DDP. 51 pairs: the
+    batches, each micro-batch's loss weighted by its share of the global batch, gradients averaged by DDP (or reduce-
+    scattered with --fsdp, which saves DDP's weights). 51 pairs: the
     last batch of 3 splits 2 + 1, where an unweighted average over ranks is not the batch mean. One eval sample: rank 1
     has none and adds nothing to the means. Same logged loss and accuracy at every step within 1e-4 (the all-reduce
     sums in another order); only rank 0 logs, saves and prints."""
     flags = ["--num-train-prompts", "51", "--pairs-per-prompt", "1", "--num-epochs", "2", "--num-eval-prompts", "1",
              "--eval-samples-per-prompt", "1", "--eval-every", "1000", "--max-new-tokens", "8", "--learning-rate", "1e-3"]
-    one, two = one_and_two_processes("dpo.py", flags, tmp_path, "dpo (sigmoid")
-    assert len(one["train/loss"]) == len(two["train/loss"]) == 8  # (16, 16, 16, 3) per epoch
-    assert two["train/loss"] == pytest.approx(one["train/loss"], abs=1e-4)
-    # at the first step the policy is the reference, so every margin is 0 up to rounding: exact ties count 0.5, but a
-    # rounding error of either sign decides a pair (0.5 against 0.59 in one CI run). From the second step on it is not noise.
-    assert two["rewards/accuracies"][1:] == pytest.approx(one["rewards/accuracies"][1:], abs=1e-4)
-    assert two["eval/loss"] == pytest.approx(one["eval/loss"], abs=1e-4) and len(two["eval/kl"]) == 2  # steps 0 and 8
+    one, *twos = one_and_two_processes("dpo.py", flags, tmp_path, "dpo (sigmoid")
+    for two in twos:  # DDP, then --fsdp (policy and reference sharded)
+        assert len(one["train/loss"]) == len(two["train/loss"]) == 8  # (16, 16, 16, 3) per epoch
+        assert two["train/loss"] == pytest.approx(one["train/loss"], abs=1e-4)
+        # at the first step the policy is the reference, so every margin is 0 up to rounding: exact ties count 0.5, but
+        # a rounding error of either sign decides a pair (0.5 against 0.59 in one CI run). From step 2 it is not noise.
+        assert two["rewards/accuracies"][1:] == pytest.approx(one["rewards/accuracies"][1:], abs=1e-4)
+        assert two["eval/loss"] == pytest.approx(one["eval/loss"], abs=1e-4) and len(two["eval/kl"]) == 2  # steps 0, 8
     assert one["train/loss"][-1] < one["train/loss"][0] - 0.3  # it moved (measured: 0.693 -> 0.016)
 
 
 def test_two_processes_with_a_last_batch_smaller_than_the_number_of_processes(tmp_path):
     """49 pairs in global batches of 16 on 2 processes: the last one (a single pair) joins the batch before it, so both
     processes run a backward pass at every step (else gloo aborts, NCCL hangs); rank 0's share of that batch of 17 is
-    9 pairs, two micro-batches (8 and 1) against rank 1's one."""
+    9 pairs, rank 1's 8: two micro-batches each. With --fsdp and the reference run at every step, sharded too: every
+    forward of both is a collective, and both ranks run as many."""
     out = run_script("dpo.py", "--num-train-prompts", "49", "--pairs-per-prompt", "1", "--num-eval-prompts", "2",
                      "--per-device-batch-size", "8", "--max-new-tokens", "8", "--no-eval-kl", "--output-dir", str(tmp_path / "model"),
-                     cwd=tmp_path, nproc=2)
+                     "--fsdp", "--reference-on-the-fly", cwd=tmp_path, nproc=2)
     assert out.count("dpo (sigmoid") == 1 and "on 2 process(es)" in out
     assert len(scalars(tmp_path / "runs")["train/loss"]) == 3  # 16, 16 and 16 + 1
 

@@ -133,3 +133,14 @@ def test_members_reused_for_another_rule_and_refused_for_other_data(ensemble):
                for r in final)
     failed = run_failing("rm_ensemble.py", *TINY, "--seed", "2", "--members-from", str(tmp / "ens"), cwd=tmp)
     assert "was not trained on these pairs" in failed
+
+
+def test_on_hub_pairs_the_members_score_as_rm_bt_evaluated_them(tmp_path, standin):
+    """hh-rlhf's layout and the GPT-2 stand-in: each member's held-out accuracy, as rm_ensemble.py scores it, is the
+    one its own rm_bt.py run logged (the same sequences: rm_bt.py's encoding, lengths and last-token read)."""
+    out = run_script("rm_ensemble.py", "--model", standin("lm", "gpt2"), "--dataset", standin("data", "hh-rlhf"),
+                     "--ensemble-size", "2", "--rm-flags=--per-device-batch-size 4 --eval-every 1000",
+                     "--output-dir", str(tmp_path / "ens"), cwd=tmp_path)
+    own = [scalars(run)["eval/accuracy"][-1] for run in sorted((tmp_path / "runs").glob("rm_ensemble_member*"))]
+    (run,) = (tmp_path / "runs").glob("rm_ensemble__1__*")
+    assert len(own) == 2 and scalars(run)["eval/member_accuracy"][0] == pytest.approx(sum(own) / 2, abs=1e-6), out
