@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
 
-from common import data, models, runs, sampling, scoring, task
+from common import data, models, parallel, runs, sampling, scoring, task
 
 
 @dataclass
@@ -123,6 +123,8 @@ class Args:
     """recompute activations in the backward pass: less memory, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
     """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (see LoraArgs)"""
+    sharding: tyro.conf.OmitArgPrefixes[parallel.ParallelArgs] = field(default_factory=parallel.ParallelArgs)
+    """under torchrun: --fsdp, --fsdp-cpu-offload (see common/parallel.py); DDP without them"""
 
 
 # ---------------------------------------------------------------- the math (pure functions, tests/test_grpo.py)
@@ -207,6 +209,7 @@ def merge_rollouts(parts, pad_id):
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
     rank, world, device, dtype = runs.setup_distributed(args.cuda)  # first: the groups are shared among processes
+    parallel.check(args.sharding, world, device)
     k = max(args.num_generations, 1)  # checked just below; 1 here keeps the other rules' arithmetic defined
     runs.check_args(
         args,
@@ -248,6 +251,11 @@ if __name__ == "__main__":
     say(f"scoring with {scoring.describe(reward)}; advantage {args.advantage}"
         + (" (std-scaled)" if args.advantage == "grpo" and args.scale_rewards else "")
         + f", KL in the {kl_in} (beta {beta}), {args.loss_averaging} averaging, {k} responses per prompt")
+    # DDP (gradients averaged over ranks in backward) or, with --fsdp, every model sharded in place (frozen ones too)
+    train_policy = parallel.wrap(policy, args.sharding, world, dtype)
+    frozen = [ref_policy] + scoring.models_of(reward)  # gathered with the policy for rollouts
+    for m in frozen:
+        parallel.frozen(m, args.sharding, world, dtype)
     params = models.trainable(policy)
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5, fused=runs.fused_adam(device))
     torch.manual_seed(args.seed + rank)  # every process samples different responses
@@ -297,7 +305,7 @@ if __name__ == "__main__":
 
         # 1. Rollout: k responses per prompt, log-probs of policy and reference, scores
         tic = time.time()
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast, parallel.gathered(policy, *frozen):
             r = sample([train_queries[i] for i in idx for _ in range(k)], update, rank * local_groups)
             seq, mask, L, resp_mask = r["seq"], r["mask"], r["context_length"], r["resp_mask"]
             scores = scoring.score(reward, prompts, r["texts"], r["with_eos"], seq, mask, rm_counts).to(device)
@@ -324,7 +332,8 @@ if __name__ == "__main__":
                 mb = (groups[:, None] * k + torch.arange(k)).flatten()  # the responses of these groups
                 optimizer.zero_grad()
                 with autocast:
-                    logprobs, entropy, _ = sampling.response_logprobs(policy, seq[mb], mask[mb], L, args.temperature)
+                    logprobs, entropy, _ = sampling.response_logprobs(train_policy, seq[mb], mask[mb], L,
+                                                                      args.temperature)
                     loss, s = policy_loss(logprobs, r["logprobs"][mb], advantages[mb], resp_mask[mb], args.cliprange,
                                           args.loss_averaging, args.response_length)
                     s["pg_loss"] = loss.item()
@@ -333,8 +342,7 @@ if __name__ == "__main__":
                                                  args.loss_averaging, args.response_length)
                         loss = loss + beta * kl_loss
                         s["kl_loss"] = kl_loss.item()
-                loss.backward()
-                runs.average_gradients(params)  # data parallel by hand, before clipping
+                loss.backward()  # DDP: the gradients averaged over processes here; FSDP: reduce-scattered
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
                 s["entropy"] = ((entropy * resp_mask[mb]).sum() / resp_mask[mb].sum()).item()
@@ -376,8 +384,9 @@ if __name__ == "__main__":
             clock["evaluation"] += time.time() - tic
 
     cut_for_rm = runs.sum_over_ranks([rm_counts["truncated for the reward model"]])[0]  # counted on every process
-    if world > 1:  # the processes' copies must have stayed identical (same averaged gradients, same steps)
+    if world > 1 and not args.sharding.fsdp:  # the copies must have stayed identical (same gradients, same steps)
         say(f"weights identical on the {world} processes: {runs.identical_on_all_ranks(params)}")
+    policy = parallel.plain(policy, rank)  # --fsdp: the whole policy gathered to rank 0
     if rank == 0:  # rank 0 alone saves and reports
         for p, t, s in after["samples"][:4]:
             print(f"  {p} -> {t}  (score {s:.2f})")

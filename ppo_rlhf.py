@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
 
-from common import data, models, runs, sampling, scoring, task
+from common import data, models, parallel, runs, sampling, scoring, task
 
 
 @dataclass
@@ -132,6 +132,8 @@ class Args:
     """recompute activations in the backward pass of the policy and the value network: less memory, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
     """LoRA: --use-peft, --lora-r, --lora-alpha, --lora-dropout, --lora-target-modules, --merge-lora (see LoraArgs)"""
+    sharding: tyro.conf.OmitArgPrefixes[parallel.ParallelArgs] = field(default_factory=parallel.ParallelArgs)
+    """under torchrun: --fsdp, --fsdp-cpu-offload (see common/parallel.py); DDP without them"""
 
 
 # ---------------------------------------------------------------- the math (pure functions, tests/test_ppo_rlhf.py)
@@ -233,6 +235,7 @@ def demonstration_nll(policy, demos, pad_id):
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
     rank, world, device, dtype = runs.setup_distributed(args.cuda)  # first: the rollout is shared among the processes
+    parallel.check(args.sharding, world, device)
     runs.check_args(
         args,
         positive=["num_eval_prompts", "total_episodes", "rollout_batch_size", "num_mini_batches", "num_ppo_epochs",
@@ -257,10 +260,8 @@ if __name__ == "__main__":
         raise SystemExit("--reward-model gold scores the embedded task's prompts only: "
                          "pass a reward model for other prompts")
     if args.ptx_coef > 0:  # PPO-ptx: demonstrations whose log-likelihood is added to the objective
-        if args.ptx_dataset == "embedded":
-            ptx_rows = task.make_sft(train_prompts, 1, args.seed)
-        else:
-            ptx_rows = data.load_rows(args.ptx_dataset, "sft", verbose=rank == 0)[0]
+        ptx_rows = task.make_sft(train_prompts, 1, args.seed) if args.ptx_dataset == "embedded" else \
+            data.load_rows(args.ptx_dataset, "sft", verbose=rank == 0)[0]
 
     # Models: policy, frozen reference, reward, value; dropout off in all of them (N details); frozen weights in `dtype`
     scoring.check(args.reward_model)
@@ -275,11 +276,10 @@ if __name__ == "__main__":
     reward = scoring.load(args.reward_model, tokenizer, args.reward_label, device, args.trust_remote_code, dtype,
                           args.ensemble)
     say("scoring with " + scoring.describe(reward))
-    value_model = value_head = None
     if args.value_head_on_policy:  # lm-human-preferences: a scalar head on the policy's trunk, zero-initialized
-        value_head = torch.nn.Linear(policy.config.get_text_config().hidden_size, 1).to(device)
-        torch.nn.init.zeros_(value_head.weight)
-        torch.nn.init.zeros_(value_head.bias)
+        value_net = torch.nn.Linear(policy.config.get_text_config().hidden_size, 1).to(device)
+        for p in value_net.parameters():
+            torch.nn.init.zeros_(p)
     else:  # a separate network (Stiennon): from the reward model if it reads the policy's tokens, else from the policy
         from_rm = reward["kind"] == "decoder" and reward["same_vocab"] and reward["model"].config.num_labels == 1
         value_init = args.reward_model if from_rm else args.model
@@ -287,18 +287,25 @@ if __name__ == "__main__":
         value_model = models.disable_dropout(value_model)  # --use-peft: adapters and head trained
         value_model = models.prepare(value_model, args.gradient_checkpointing, args.lora, dtype, device)
         say(f"value network initialized from {value_init}" + ("" if from_rm else " (fresh scalar head)"))
-    params = models.trainable(policy, value_head if value_model is None else value_model)
+        value_net = models.PerTokenHead(value_model)  # one module: its forward is what DDP and FSDP wrap
+    # DDP (gradients averaged over ranks in backward) or, with --fsdp, every model sharded in place (frozen ones too)
+    train_policy = parallel.wrap(policy, args.sharding, world, dtype)
+    value_net = parallel.wrap(value_net, args.sharding, world, dtype)
+    frozen = [ref_policy] + scoring.models_of(reward)  # sharded in place with --fsdp, gathered with the policy
+    for m in frozen:
+        parallel.frozen(m, args.sharding, world, dtype)
+    params = models.trainable(policy, value_net)
     optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5, fused=runs.fused_adam(device))
     torch.manual_seed(args.seed + rank)  # every process samples different responses
 
     def values_of(seq, mask, L, hidden=None):
         """(B, T) V(s_t) for the state before each response token (the hidden state at t - 1): the head of the
         separate value network, or the head on the policy's last hidden states."""
-        if value_model is not None:
-            return models.head_per_token(value_model, seq, mask)[:, L - 1 : -1].float()
+        if not args.value_head_on_policy:
+            return value_net(seq, mask)[:, L - 1 : -1].float()
         if hidden is None:
-            hidden = sampling.response_logprobs(policy, seq, mask, L, args.temperature, hidden=True)[2]
-        return value_head(hidden).squeeze(-1).float()
+            hidden = sampling.response_logprobs(train_policy, seq, mask, L, args.temperature, hidden=True)[2]
+        return value_net(hidden).squeeze(-1).float()
 
     train_queries = data.encode_prompts(tokenizer, train_prompts, args.max_prompt_length, "train prompts", rank == 0)
     eval_queries = data.encode_prompts(tokenizer, eval_prompts, args.max_prompt_length, "eval prompts", rank == 0)
@@ -331,14 +338,12 @@ if __name__ == "__main__":
             group["lr"] = lr
         while len(order) < args.rollout_batch_size:  # reshuffled passes over the train prompts, as many as it takes
             order += rng.sample(range(len(train_prompts)), len(train_prompts))
-        # this process's share of the next rollout batch
-        idx, order = order[: args.rollout_batch_size][rank::world], order[args.rollout_batch_size :]
-        prompts = [train_prompts[i] for i in idx]
+        idx, order = order[: args.rollout_batch_size][rank::world], order[args.rollout_batch_size :]  # rank's share
+        prompts, queries = [train_prompts[i] for i in idx], [train_queries[i] for i in idx]
 
         # 1. Rollout: sample, then log-probs of policy and reference, values, scores
         tic = time.time()
-        with torch.no_grad(), autocast:
-            queries = [train_queries[i] for i in idx]
+        with torch.no_grad(), autocast, parallel.gathered(policy, value_net, *frozen):
             r = sampling.rollout(policy, ref_policy, tokenizer, queries, gen_config, stop_ids, args.temperature)
             seq, mask, L, resp_mask = r["seq"], r["mask"], r["context_length"], r["resp_mask"]
             values = values_of(seq, mask, L) * resp_mask
@@ -363,19 +368,18 @@ if __name__ == "__main__":
             for mb in torch.randperm(local_batch)[: minibatch_size * args.num_mini_batches].split(minibatch_size):
                 optimizer.zero_grad()  # before the forward: the last step's gradients are freed before activations grow
                 with autocast:
-                    logprobs, entropy, hidden = sampling.response_logprobs(policy, seq[mb], mask[mb], L,
-                                                                           args.temperature, hidden=value_model is None)
+                    logprobs, entropy, hidden = sampling.response_logprobs(
+                        train_policy, seq[mb], mask[mb], L, args.temperature, hidden=args.value_head_on_policy)
                     vpred = values_of(seq[mb], mask[mb], L, hidden)
                     pg_loss, vf_loss, s = ppo_losses(logprobs, r["logprobs"][mb], advantages[mb], vpred, values[mb],
                                                      returns[mb], resp_mask[mb], args.cliprange, args.cliprange_value)
                     loss = pg_loss + args.vf_coef * vf_loss
                     if args.ptx_coef > 0:  # PPO-ptx: objective + gamma * log pi(demonstration)
                         demos = rng.sample(ptx_data, minibatch_size)
-                        ptx_nll = demonstration_nll(policy, demos, tokenizer.pad_token_id)
+                        ptx_nll = demonstration_nll(train_policy, demos, tokenizer.pad_token_id)
                         loss = loss + args.ptx_coef * ptx_nll
                         s["ptx"] = ptx_nll.item()
-                loss.backward()
-                runs.average_gradients(params)  # data parallel by hand, before clipping (no DDP wrapper: see there)
+                loss.backward()  # DDP: the gradients averaged over processes here; FSDP: reduce-scattered
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
                 s |= {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(),
@@ -424,8 +428,9 @@ if __name__ == "__main__":
             clock["evaluation"] += time.time() - tic
 
     cut_for_rm = runs.sum_over_ranks([rm_counts["truncated for the reward model"]])[0]  # counted on every process
-    if world > 1:  # the processes' copies must have stayed identical (same averaged gradients, same steps)
+    if world > 1 and not args.sharding.fsdp:  # the copies must have stayed identical (same gradients, same steps)
         say(f"weights identical on the {world} processes: {runs.identical_on_all_ranks(params)}")
+    policy = parallel.plain(policy, rank)  # --fsdp: the whole policy gathered to rank 0
     if rank == 0:  # rank 0 alone saves and reports
         for p, t, s in after["samples"][:4]:
             print(f"  {p} -> {t}  (score {s:.2f})")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
 
-from common import data, models, runs, task
+from common import data, models, parallel, runs, task
 
 
 @dataclass
@@ -96,6 +96,8 @@ class Args:
     """recompute activations in the backward pass: less memory for larger models, about 30% slower"""
     lora: tyro.conf.OmitArgPrefixes[models.LoraArgs] = field(default_factory=models.LoraArgs)
     """LoRA: --use-peft, --lora-r, ... (see LoraArgs); the composite head is built on the merged model"""
+    sharding: tyro.conf.OmitArgPrefixes[parallel.ParallelArgs] = field(default_factory=parallel.ParallelArgs)
+    """under torchrun: --fsdp, --fsdp-cpu-offload (see common/parallel.py); DDP without them"""
     learning_rate: Optional[float] = None
     """stage 1's peak learning rate, linear warmup then cosine decay to 0; if not given: 3e-4 for a small model like
     the bundled one (1e-3 learns correctness later, 1.5e-4 not at all: experiments/README.md), 1e-5 for a pretrained
@@ -163,12 +165,14 @@ def derived_pairs(rows, attribute):
 
 
 def attribute_scores(model, seqs, pad_id, device, chunk=256):
-    """(N, A) every head at the last real token of each token-id list."""
+    """(N, A) every head at the last real token of each token-id list; model: the reward model, or
+    models.PerTokenHead(model, slice(None)), possibly in DDP or sharded."""
+    heads_of = models.PerTokenHead(model, slice(None)) if hasattr(model, "score") else model
     out = []
     for i in range(0, len(seqs), chunk):
         ids = data.pad(seqs[i : i + chunk], pad_id).to(device)
         mask = data.pad([[1] * len(s) for s in seqs[i : i + chunk]], 0).to(device)
-        heads = models.head_per_token(model, ids, mask, slice(None))  # (b, T, A)
+        heads = heads_of(ids, mask)  # (b, T, A)
         out.append(heads[torch.arange(len(ids)), models.last_token_index(mask)].float())
     return torch.cat(out)
 
@@ -197,6 +201,7 @@ if __name__ == "__main__":
         rules=[("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"), runs.prompt_length_rule(args)],
     )
     rank, world, device, dtype = runs.setup_distributed(args.cuda)
+    parallel.check(args.sharding, world, device)
     runs.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else runs.quiet
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
@@ -242,6 +247,8 @@ if __name__ == "__main__":
     lengths = {"max_length": (96, 1024), "max_prompt_length": (32, 512)}  # (small model, pretrained model)
     models.fit_defaults(args, model, tokenizer, (3e-4, 1e-5), lengths, say)
     model = models.prepare(model, args.gradient_checkpointing, args.lora, dtype, device)
+    # DDP (gradients averaged over ranks in backward) or, with --fsdp, the model sharded in place
+    net = parallel.wrap(models.PerTokenHead(model, slice(None)), args.sharding, world, dtype)
 
     seqs, where, counts = [], {}, Counter()  # every prompt + response tokenized once: a pair's responses are rated
 
@@ -257,6 +264,7 @@ if __name__ == "__main__":
     targets = torch.tensor([[r["ratings"][a] if r["ratings"][a] is not None else 0.0 for a in attributes]
                             for r in train_rows])
     known = torch.tensor([[r["ratings"][a] is not None for a in attributes] for r in train_rows])
+    cells = known.sum(1).tolist()  # known ratings per response: the loss is their mean
     if (~known).sum():
         say(f"{int((~known).sum())} of {known.numel()} ratings are missing (N/A): masked out of the loss")
     pair_ids = {name: ([encode(r["prompt"], r["chosen"]) for r in pairs], [encode(r["prompt"], r["rejected"])
@@ -290,10 +298,10 @@ if __name__ == "__main__":
         """(f_chosen, f_rejected), each (N, A), of the first `limit` pairs: every response scored once."""
         chosen, rejected = (ids[:limit] for ids in pair_ids[name])
         needed = sorted(set(chosen + rejected))
-        model.eval()
-        with torch.no_grad(), autocast:
-            f = attribute_scores(model, [seqs[i] for i in needed], pad_id, device)
-        model.train()
+        net.eval()
+        with torch.no_grad(), autocast, parallel.gathered(net):
+            f = attribute_scores(net, [seqs[i] for i in needed], pad_id, device)
+        net.train()
         row = {i: k for k, i in enumerate(needed)}
         return f[[row[i] for i in chosen]], f[[row[i] for i in rejected]]
 
@@ -313,10 +321,10 @@ if __name__ == "__main__":
                 agree = (torch.sign(fc[:, i] - fr[:, i]) * torch.sign(gold_diff[:, i]) + 1) / 2
                 out[f"attribute/{a}"] = agree[differs].mean().item()
             if args.calibration_size:
-                model.eval()
-                with torch.no_grad(), autocast:
-                    f_cal = attribute_scores(model, cal_ids, pad_id, device)
-                model.train()
+                net.eval()
+                with torch.no_grad(), autocast, parallel.gathered(net):
+                    f_cal = attribute_scores(net, cal_ids, pad_id, device)
+                net.train()
                 gap = task.alignment_gap((f_cal @ weights).tolist(), cal_gold.sum(1).tolist(),
                                          (torch.cat([fc, fr]) @ weights).tolist(), eval_gold.sum(1).tolist())
                 out |= {"alignment_gap": gap["alignment_gap"], "rank_correlation": gap["rank_correlation"]}
@@ -343,19 +351,21 @@ if __name__ == "__main__":
         batches = runs.global_batches(order, batch, world)
         rng.shuffle(batches)
         for idx in batches:
-            mine = idx[rank::world]
+            # this rank's share, its loss weighted by its share of the global batch's known ratings: the DDP (or FSDP)
+            # average over ranks is the global batch's mean however unevenly it splits
+            [(mine, weight)] = runs.micro_batches(idx, rank, world, len(idx), weights=cells)
             optimizer.zero_grad()
             with autocast:
-                pred = attribute_scores(model, [seqs[rated[i]] for i in mine], pad_id, device, chunk=len(mine))
+                pred = attribute_scores(net, [seqs[rated[i]] for i in mine], pad_id, device, chunk=len(mine))
                 loss = attribute_regression_loss(pred, targets[mine].to(device), known[mine].to(device))
-            loss.backward()
-            runs.average_gradients(models.trainable(model))  # data parallel: the mean over processes
+            (loss * weight).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             step += 1
             bar.update(1)
-            writer.add_scalar("loss/train", runs.reduce_mean({"loss": loss.item()})["loss"], step)
+            writer.add_scalar("loss/train", runs.reduce_mean({"loss": loss.item()}, weight=sum(cells[i] for i in mine))
+                              ["loss"], step)
             writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], step)
             if step % args.eval_every == 0:
                 ev = evaluate(step)
@@ -365,6 +375,7 @@ if __name__ == "__main__":
 
     # Stage 2 on the final backbone, frozen; then the composite becomes output 0 of the saved head
     ev = evaluate(step)
+    model = parallel.plain(model, rank)  # --fsdp: the whole model gathered to rank 0
     if rank != 0:
         runs.finish(writer)
         raise SystemExit(0)

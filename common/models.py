@@ -253,6 +253,18 @@ class LastTokenReward(torch.nn.Module):
         return reward_at_last_token(self.model, input_ids, attention_mask)
 
 
+class PerTokenHead(torch.nn.Module):
+    """A value network (or an attribute model) as one module whose forward gives output `label` of the head at every
+    position, (B, T) (slice(None): (B, T, outputs)), so that DDP or FSDP can wrap it (ppo_rlhf.py, rm_composite.py)."""
+
+    def __init__(self, model, label=0):
+        super().__init__()
+        self.model, self.label = model, label
+
+    def forward(self, input_ids, attention_mask):
+        return head_per_token(self.model, input_ids, attention_mask, self.label)
+
+
 # ---------------------------------------------------------------- LoRA (Hu et al. 2021): --use-peft in every script
 
 @dataclass

@@ -4,6 +4,7 @@ overlapped with the backward pass); with --fsdp, FSDP2 (`fully_shard`): paramete
 split over the processes, each transformer block gathered just before it runs and freed after (Zhao et al. 2023,
 "PyTorch FSDP"; the per-parameter sharding of torchtitan)."""
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -31,22 +32,23 @@ class ParallelArgs:
 
 
 def check(parallel, world, device):
-    """Stop with one line where --fsdp means nothing or cannot be honoured (before any model loads)."""
+    """Stop with one line per problem where --fsdp means nothing or cannot be honoured (before any model loads)."""
+    problems = []
     if parallel.fsdp and world == 1:
-        raise SystemExit("--fsdp shards the models over processes: start the script with torchrun --nproc-per-node N "
-                         "(N >= 2); one process has nothing to shard with")
+        problems.append("--fsdp shards the models over processes: start the script with torchrun --nproc-per-node N "
+                        "(N >= 2); one process has nothing to shard with")
     if parallel.fsdp_cpu_offload and device.type == "cpu":
-        raise SystemExit("--fsdp-cpu-offload moves the shards from the GPU to CPU memory: this run is on the CPU "
-                         "already (no GPU), drop the flag")
+        problems.append("--fsdp-cpu-offload moves the shards from the GPU to CPU memory: this run is on the CPU "
+                        "already (no GPU), drop the flag")
+    if problems:
+        raise SystemExit("\n".join(problems) if int(os.environ.get("RANK", 0)) == 0 else 1)
 
 
 def blocks(model):
     """The transformer blocks: the modules of the ModuleList that holds most of the parameters (GPT-2's
-    transformer.h, Llama's and Qwen's model.layers, with or without LoRA around them)."""
+    transformer.h, Llama's and Qwen's model.layers, with or without LoRA around them); none in a plain head."""
     lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
-    if not lists:
-        raise SystemExit(f"--fsdp: {type(model).__name__} has no list of transformer blocks to shard")
-    return list(max(lists, key=lambda m: sum(p.numel() for p in m.parameters())))
+    return list(max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))) if lists else []
 
 
 def _policies(dtype, cpu_offload):
@@ -81,7 +83,7 @@ def wrap(model, parallel, world, dtype=torch.float32):
         return model
     if parallel.fsdp:
         return shard(model, parallel, dtype)
-    return DDP(model)
+    return DDP(model, broadcast_buffers=False)  # constant buffers (masks, rotary tables): a forward has no collective
 
 
 def frozen(model, parallel, world, dtype=torch.float32):

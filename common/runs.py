@@ -113,17 +113,6 @@ def gather_in_order(values, rank, world):
     return out
 
 
-def average_gradients(params):
-    """Data parallel by hand (ppo_rlhf.py: generate() and a value head on the policy run outside one module's forward,
-    so there is no DDP wrapper): each gradient is averaged over the processes. A no-op without torchrun."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    for p in params:
-        p.grad = torch.zeros_like(p) if p.grad is None else p.grad
-        dist.all_reduce(p.grad)
-        p.grad /= dist.get_world_size()
-
-
 def identical_on_all_ranks(params):
     """Whether every process holds the same weights (a checksum of params gathered from all of them)."""
     checksums = [None] * dist.get_world_size()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
-from common import data, models, runs, scoring, task
+from common import data, models, parallel, runs, scoring, task
 
 
 def generate(model, **kwargs):
@@ -117,13 +117,15 @@ def evaluate_policy(policy, ref_policy, tokenizer, reward, prompts, queries, gen
     rank, world = runs.rank_and_world()
     prompts, queries = prompts[rank::world], queries[rank::world]
     scores, kls, texts = [], [], []
-    for i in range(0, len(queries), batch_size):
-        with autocast:
-            r = rollout(policy, ref_policy, tokenizer, queries[i : i + batch_size], gen_config, stop_ids, temperature)
-            scores += scoring.score(reward, prompts[i : i + batch_size], r["texts"], r["with_eos"], r["seq"],
-                                    r["mask"]).tolist()
-        kls += ((r["logprobs"] - r["ref_logprobs"]) * r["resp_mask"]).sum(1).tolist()
-        texts += r["texts"]
+    with parallel.gathered(policy, ref_policy, *scoring.models_of(reward)):  # --fsdp: then each rank on its own
+        for i in range(0, len(queries), batch_size):
+            with autocast:
+                r = rollout(policy, ref_policy, tokenizer, queries[i : i + batch_size], gen_config, stop_ids,
+                            temperature)
+                scores += scoring.score(reward, prompts[i : i + batch_size], r["texts"], r["with_eos"], r["seq"],
+                                        r["mask"]).tolist()
+            kls += ((r["logprobs"] - r["ref_logprobs"]) * r["resp_mask"]).sum(1).tolist()
+            texts += r["texts"]
     means = {"score": scores, "kl": kls}
     if with_gold:
         means["gold"] = [task.gold_reward(p, t) for p, t in zip(prompts, texts)]

@@ -142,6 +142,11 @@ def load(spec, policy_tokenizer, label=None, device="cpu", trust_remote_code=Fal
             "same_vocab": same_vocab, "context": models.context_length(model, tokenizer), "name": spec}
 
 
+def models_of(reward):
+    """The networks a reward runs: its model, an ensemble's members' models, or none (gold, a function)."""
+    return [m["model"] for m in reward.get("members", [reward]) if "model" in m]
+
+
 def describe(reward):
     """One line on how responses are scored."""
     if reward["kind"] == "gold":

@@ -41,6 +41,13 @@ CASES = {
         "rm_ensemble.py", ["--ensemble-size", "1", "--label-smoothing", "2"], {},
         ["--ensemble-size must be at least 2 (one member has no spread and nothing to vote), got 1",
          "--label-smoothing must be in [0, 1], got 2.0"]),
+    "--fsdp in one process, offloading with no GPU": (
+        "sft.py", ["--fsdp", "--fsdp-cpu-offload"], {},
+        ["--fsdp shards the models over processes: start the script with torchrun --nproc-per-node N (N >= 2); one "
+         "process has nothing to shard with", "--fsdp-cpu-offload moves the shards from the GPU to CPU memory: this "
+         "run is on the CPU already (no GPU), drop the flag"]),
+    "--fsdp-cpu-offload without --fsdp": (
+        "ppo_rlhf.py", ["--fsdp-cpu-offload"], {}, ["--fsdp-cpu-offload offloads FSDP's shards: it needs --fsdp"]),
     "rm_kwise sizes and K": (
         "rm_kwise.py", ["--prompts-per-batch", "0", "--k-min", "5", "--k-max", "3", "--max-length", "0"], {},
         ["--prompts-per-batch must be a positive integer, got 0", "--k-max must be at least --k-min (5), got 3",

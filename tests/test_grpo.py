@@ -178,24 +178,26 @@ def test_end_to_end_learns_and_logs_the_names_of_ppo_rlhf(tmp_path, flags, kl_in
 def test_two_processes_reproduce_one_with_a_seed_per_group(tmp_path):
     """--seed-per-group samples group g of update u alike on any number of processes; with one minibatch per epoch
     the sequence-averaged loss of 2 processes (gradients averaged) is that of 1: the same scores, losses and
-    weights, up to fp32 summation order (two updates apart the samples are still the same)."""
+    weights, up to fp32 summation order (two updates apart the samples are still the same); under DDP and with --fsdp
+    (policy and reference sharded)."""
     logged, weights = {}, {}
-    for nproc in (1, 2):
+    for nproc, extra in ((1, []), (2, []), ("fsdp", ["--fsdp"])):
         cwd = tmp_path / f"nproc{nproc}"
         cwd.mkdir()
         out = run_script("grpo.py", "--total-episodes", "48", "--rollout-batch-size", "16", "--num-generations", "4",
                          "--response-length", "12", "--num-eval-prompts", "8", "--num-mini-batches", "1",
-                         "--num-ppo-epochs", "2", "--seed-per-group", "--output-dir", str(cwd / "model"), cwd=cwd,
-                         nproc=nproc)
-        assert out.count("grpo (grpo): eval gold") == 1 and f"on {nproc} process(es)" in out
+                         "--num-ppo-epochs", "2", "--seed-per-group", "--output-dir", str(cwd / "model"), *extra,
+                         cwd=cwd, nproc=2 if extra else nproc)
+        assert out.count("grpo (grpo): eval gold") == 1 and f"on {2 if extra else nproc} process(es)" in out
         logged[nproc] = scalars(cwd / "runs")
         weights[nproc] = models.load_causal_lm(str(cwd / "model")).state_dict()
     # (policy/approxkl_avg is a mean over each process's tokens, then over processes: not comparable)
-    for tag in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/kl_avg", "objective/entropy"):
-        assert logged[2][tag] == pytest.approx(logged[1][tag], rel=1e-4, abs=1e-6), tag
+    for two in (2, "fsdp"):
+        for tag in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/kl_avg", "objective/entropy"):
+            assert logged[two][tag] == pytest.approx(logged[1][tag], rel=1e-4, abs=1e-6), (two, tag)
+        for name, w in weights[1].items():
+            torch.testing.assert_close(weights[two][name], w, atol=1e-5, rtol=1e-4)
     assert logged[1]["objective/kl"][0] == 0 and logged[1]["objective/kl"][-1] > 0  # the policy did move
-    for name, w in weights[1].items():
-        torch.testing.assert_close(weights[2][name], w, atol=1e-5, rtol=1e-4)
 
 
 def test_use_peft_trains_adapters_only(tmp_path, standin):

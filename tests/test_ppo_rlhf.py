@@ -9,7 +9,7 @@ import torch
 
 import ppo_rlhf
 from common import data, models, sampling, task
-from conftest import LORA_KINDS, check_lora_save, run_script, scalars
+from conftest import LORA_KINDS, check_lora_save, compare_saved, run_script, scalars
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # conftest.py
 
@@ -315,34 +315,46 @@ def test_end_to_end_reward_model_directory_and_other_architectures(tmp_path, req
 
 def test_two_processes_share_the_rollouts_and_only_rank_0_reports(tmp_path):
     """torchrun with 2 processes: each samples half of every rollout of 16 prompts with its own seed, gradients are
-    averaged by hand, metrics over both; the adaptive beta stays the same on both ranks (else they would diverge).
+    averaged by DDP, metrics over both; the adaptive beta stays the same on both ranks (else they would diverge).
     A user's file of 5 train prompts, fewer than a rollout: each rollout makes several passes over them; and 1 eval
-    prompt, fewer than the processes: rank 1 samples none and adds nothing to the evaluation's means."""
+    prompt, fewer than the processes: rank 1 samples none and adds nothing to the evaluation's means. With --fsdp
+    (policy, value network and reference sharded) the same seeds sample the same responses: the same run, within
+    fp32 sums in another order, and the same saved weights. (One process samples other responses: no comparison.)"""
     train, eval_ = data.split_by_prompt([{"prompt": p} for p in task.all_prompts()])
     task.export_jsonl(train[:5] + eval_[:1], tmp_path / "prompts.jsonl")
-    out = run_script("ppo_rlhf.py", "--dataset", "prompts.jsonl", "--total-episodes", "64", "--rollout-batch-size", "16",
-                     "--response-length", "16", "--log-samples-every", "2", "--target-kl", "1.0",
-                     "--output-dir", str(tmp_path / "model"), cwd=tmp_path, nproc=2)
-    assert out.count("ppo_rlhf: eval gold") == 1 and "64 episodes" in out and "on 2 process(es)" in out
-    assert "weights identical on the 2 processes: True" in out
-    logged = scalars(tmp_path / "runs")
+    runs = {}
+    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        (tmp_path / name).mkdir()
+        out = run_script("ppo_rlhf.py", "--dataset", str(tmp_path / "prompts.jsonl"), "--total-episodes", "64",
+                         "--rollout-batch-size", "16", "--response-length", "16", "--log-samples-every", "2",
+                         "--target-kl", "1.0", "--output-dir", str(tmp_path / name / "model"), *extra,
+                         cwd=tmp_path / name, nproc=2)
+        assert out.count("ppo_rlhf: eval gold") == 1 and "64 episodes" in out and "on 2 process(es)" in out
+        assert ("weights identical on the 2 processes: True" in out) == (name == "ddp")
+        runs[name] = scalars(tmp_path / name / "runs")
+    for tag in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg", "eval/gold"):
+        assert runs["fsdp"][tag] == pytest.approx(runs["ddp"][tag], abs=1e-4), tag
+    compare_saved(tmp_path / "ddp" / "model", tmp_path / "fsdp" / "model")
+    logged = runs["ddp"]
     assert len(logged["objective/scores"]) == 4 and len(logged["eval/gold"]) == 3  # step 0, updates 2 and 4
     assert len(set(logged["objective/kl_coef"])) == 4  # the controller moved beta at every update
     assert all(0 <= n <= 16 for n in logged["val/num_eos_tokens"])  # a count over both processes' 8 responses each
-    assert models.load_causal_lm(str(tmp_path / "model")).config.vocab_size == 189
+    assert models.load_causal_lm(str(tmp_path / "ddp" / "model")).config.vocab_size == 189
 
 
-@pytest.mark.parametrize("kind, flags", zip(LORA_KINDS, [["--value-head-on-policy"], [], ["--gradient-checkpointing"]]))
+@pytest.mark.parametrize("kind, flags", zip(LORA_KINDS, [["--value-head-on-policy"], ["--fsdp"],
+                                                         ["--gradient-checkpointing"]]))
 def test_use_peft_reference_is_the_start_and_only_adapters_train(tmp_path, standin, kind, flags):
     """--use-peft on the GPT-2, Llama and Qwen2 stand-ins with a reward model of the same kind (TL;DR prompts): the
     value network from the reward model with adapters and head (or a head on the policy), the reference the policy
     with its adapters off. The first KL is exactly 0 and later ones are not (the reference stays put while the policy
-    moves); only the policy's adapters train and the merged save loads with transformers (check_lora_save)."""
+    moves); only the policy's adapters train and the merged save loads with transformers (check_lora_save). The Llama
+    case runs on 2 processes with --fsdp: frozen bases sharded, adapters trained, the merged policy gathered to save."""
     base, rm = standin("lm", kind), standin("rm", kind)
     out = run_script("ppo_rlhf.py", "--model", base, "--reward-model", rm, "--dataset", standin("data", "tldr"),
                      "--total-episodes", "24", "--rollout-batch-size", "8", "--response-length", "8",
                      "--num-eval-prompts", "8", "--learning-rate", "1e-2", "--use-peft", "--lora-r", "2", "--merge-lora", *flags,
-                     "--output-dir", str(tmp_path / "model"), cwd=tmp_path)
+                     "--output-dir", str(tmp_path / "model"), cwd=tmp_path, nproc=2 if "--fsdp" in flags else 1)
     assert ("--value-head-on-policy" in flags) != (f"value network initialized from {rm}" in out)
     logged = scalars(tmp_path / "runs")
     assert logged["objective/kl"][0] == 0.0 and logged["eval/kl"][0] == 0.0

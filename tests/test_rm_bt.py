@@ -183,11 +183,13 @@ def test_global_batches_keep_every_pair_in_length_grouped_batches():
 def test_use_peft_trains_adapters_and_head_and_the_merged_save_keeps_the_normalization(tmp_path, standin, kind):
     """--use-peft on the GPT-2, Llama and Qwen2 stand-ins (TL;DR preference pairs): adapters and the scalar head
     trained, nothing else; the merged save loads with AutoModelForSequenceClassification, scores as the adapters did,
-    and keeps reward_mean in its config (what ppo_rlhf.py --reward-model reads)."""
+    and keeps reward_mean in its config (what ppo_rlhf.py --reward-model reads). Qwen2 on 2 processes with --fsdp:
+    the frozen base sharded, adapters and head (peft's modules_to_save) trained, gathered to rank 0 and merged."""
     base = standin("lm", kind)
+    fsdp = ["--fsdp", "--per-device-batch-size", "4"] if kind == "qwen2" else ["--per-device-batch-size", "8"]
     out = run_script("rm_bt.py", "--model", base, "--dataset", standin("data", "tldr-preference"), "--num-epochs", "2",
-                     "--per-device-batch-size", "8", "--learning-rate", "1e-2", "--use-peft", "--lora-r", "2",
-                     "--merge-lora", "--output-dir", str(tmp_path / "m"), cwd=tmp_path)
+                     "--learning-rate", "1e-2", "--use-peft", "--lora-r", "2", *fsdp,
+                     "--merge-lora", "--output-dir", str(tmp_path / "m"), cwd=tmp_path, nproc=2 if kind == "qwen2" else 1)
     before, after = map(float, re.search(r"eval accuracy ([\d.]+) -> ([\d.]+)", out).groups())
     assert after > before, out[-500:]
     check_lora_save(tmp_path / "m", base, 2, head=True)

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from common import data, models, scoring, task
-from conftest import run_script, scalars
+from conftest import one_and_two_processes, run_script, scalars
 from rm_composite import (attribute_regression_loss, attribute_scores, composite_bt_loss, composite_head,
                           derived_pairs, fit_composite)
 
@@ -216,3 +216,17 @@ def test_use_peft_saves_the_merged_model_with_the_composite_head(tmp_path):
         f = attribute_scores(model, [tok("Which is larger, 3 or 9? It is 9.").input_ids], tok.pad_token_id, "cpu")
     rounding = 0.005 * f[0, 1:].abs().sum().item()  # the weights are printed to 2 decimals
     assert f[0, 0].item() == pytest.approx((f[0, 1:] @ torch.tensor(weights)).item(), abs=rounding + 1e-4)
+
+
+def test_two_processes_follow_the_one_process_trajectory(tmp_path):
+    """torchrun with 2 processes and 8 rated responses per device takes the same stage-1 steps as 1 process with 16
+    (each rank's loss weighted by its share of the global batch's known ratings), under DDP and with --fsdp (which
+    saves DDP's weights, composite head included); the same stage-2 weights, so the same eval accuracy."""
+    flags = ["--num-train-prompts", "6", "--num-epochs", "1", "--eval-pairs-per-prompt", "1", "--stage2-pairs", "128",
+             "--eval-every", "100000", "--calibration-size", "64"]
+    one, *twos = one_and_two_processes("rm_composite.py", flags, tmp_path, "rm_composite: eval accuracy")
+    for two in twos:
+        assert len(one["loss/train"]) == len(two["loss/train"]) >= 5
+        assert two["loss/train"] == pytest.approx(one["loss/train"], abs=1e-4)
+        assert two["eval/accuracy"] == pytest.approx(one["eval/accuracy"], abs=1e-4)
+    assert one["loss/train"][-1] < one["loss/train"][0]  # it moved
