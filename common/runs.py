@@ -184,6 +184,7 @@ def launcher(nproc_per_node=1):
         return [sys.executable]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc_per_node)]
 
+
 def check_script_flags(args_class, flags, option, script):
     """Stop with one line when `script` would refuse the flags a driver passes it (tyro's own message, its frame
     taken off): expert_iteration.py's --sft-flags, rm_ensemble.py's --rm-flags, before any work is done."""
