@@ -17,6 +17,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from common import parallel
 from common.runs import stop
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,9 +70,20 @@ def from_pretrained(auto_class, name, **kwargs):
     if problem:
         stop(problem)
     try:
+        if parallel.sharded_run() and int(os.environ.get("RANK", 0)) != 0 and auto_class not in (AutoTokenizer,
+                                                                                                   AutoConfig):
+            return _on_meta(auto_class, name, **kwargs)  # --fsdp: rank 0 alone reads the weights
         return auto_class.from_pretrained(resolve(name), **kwargs)
     except OSError as e:  # a hub repository that does not exist or is gated, a model folder with missing files
         stop(f"{name}: {str(e).splitlines()[0]}")
+
+
+def _on_meta(auto_class, name, dtype=None, trust_remote_code=False, output_loading_info=False, **config_kwargs):
+    """The model from its config on the meta device (no memory, no weights): parallel.shard() broadcasts rank 0's."""
+    config = AutoConfig.from_pretrained(resolve(name), trust_remote_code=trust_remote_code, **config_kwargs)
+    with torch.device("meta"):
+        model = auto_class.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    return (model, {"missing_keys": [], "unexpected_keys": []}) if output_loading_info else model
 
 
 def load_tokenizer(name, trust_remote_code=False):
@@ -326,10 +338,11 @@ def add_lora(model, lora, dtype=torch.float32):
 
 def prepare(model, gradient_checkpointing, lora, dtype, device):
     """The model as it trains: activations recomputed in the backward pass with --gradient-checkpointing, LoRA
-    adapters with --use-peft (its own weights frozen), on the device."""
+    adapters with --use-peft (its own weights frozen), on the device (--fsdp: in CPU memory, until it is sharded)."""
     if gradient_checkpointing:
         checkpoint_activations(model)
-    return add_lora(model, lora, dtype).to(device)
+    model = add_lora(model, lora, dtype)
+    return model if parallel.sharded_run() else model.to(device)  # sharded: parallel.shard() moves each shard
 
 
 class AdaptersOff:

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.fsdp import (CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard)
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -31,8 +32,20 @@ class ParallelArgs:
             raise SystemExit("--fsdp-cpu-offload offloads FSDP's shards: it needs --fsdp")
 
 
+SHARDED_RUN = False  # set by check() for an --fsdp run: models load on rank 0 alone and stay in CPU memory until sharded
+
+
+def sharded_run():
+    """Whether this run shards its models (--fsdp under torchrun): models.from_pretrained then reads the weights on
+    rank 0 only (the other ranks build the model on the meta device, no memory), every model stays in CPU memory
+    until shard() moves its shards to the device and broadcasts rank 0's weights into them."""
+    return SHARDED_RUN
+
+
 def check(parallel, world, device):
     """Stop with one line per problem where --fsdp means nothing or cannot be honoured (before any model loads)."""
+    global SHARDED_RUN
+    SHARDED_RUN = parallel.fsdp and world > 1
     problems = []
     if parallel.fsdp and world == 1:
         problems.append("--fsdp shards the models over processes: start the script with torchrun --nproc-per-node N "
@@ -64,9 +77,19 @@ def shard(model, parallel, dtype=torch.float32):
     which must be the module that training calls (e.g. models.LastTokenReward around a reward model: a part called on
     its own would find the whole's weights sharded). Generation and evaluation run inside parallel.gathered."""
     kw = _policies(dtype, parallel.fsdp_cpu_offload)
+    rank0 = dist.get_rank() == 0
+    full = {k: v for k, v in model.state_dict().items()} if rank0 else {}  # rank 0's weights (the others: meta)
     for block in blocks(model):
         fully_shard(block, **kw)
-    fully_shard(model, **kw)
+    fully_shard(model, **kw)  # each process keeps its shard, moved to its device
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
+        model.to_empty(device=device)  # storage for the shards, filled below
+    # rank 0's weights into every process's shards, one tensor at a time (no process holds a second full copy)
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for b in model.buffers():  # buffers are not sharded (rotary tables, some not saved): rank 0's everywhere
+        dist.broadcast(b, 0)
+    del full
     model._get_fsdp_state()._lazy_init()  # the whole is the root now, whichever part runs first (evaluation may)
     return model
 

@@ -30,7 +30,7 @@ from typing import Literal
 
 import torch
 
-from common import data, models, runs, task
+from common import data, models, parallel, runs, task
 
 
 @dataclass
@@ -133,7 +133,8 @@ def load(spec, policy_tokenizer, label=None, device="cpu", trust_remote_code=Fal
         return {"kind": "function", "fn": _load_function(spec), "name": spec}
     tokenizer = models.load_tokenizer(spec, trust_remote_code)
     model = models.load_reward_model(spec, dtype, trust_remote_code, num_labels=None)
-    model = models.disable_dropout(model).to(device).eval().requires_grad_(False)
+    model = models.disable_dropout(model).eval().requires_grad_(False)
+    model = model if parallel.sharded_run() else model.to(device)  # --fsdp: parallel.frozen() shards it later
     kind = "decoder" if hasattr(model, "score") else "encoder"  # a decoder's head is read at the last token by us
     same_vocab = kind == "decoder" and tokenizer.get_vocab() == policy_tokenizer.get_vocab()
     if kind == "encoder":

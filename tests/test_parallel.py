@@ -48,15 +48,28 @@ with torch.no_grad():
 saved = parallel.plain(model, rank)
 if rank == 0:
     saved.save_pretrained(sys.argv[1])
+# an --fsdp run: rank 0 alone reads the checkpoint (the Llama stand-in: rotary tables are buffers, not saved)
+parallel.check(parallel.ParallelArgs(fsdp=True), world, device)
+llama = models.load_causal_lm(sys.argv[2])
+out["meta"] = all(p.is_meta for p in llama.parameters())
+parallel.wrap(llama, parallel.ParallelArgs(fsdp=True), world)
+ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
+with torch.no_grad(), parallel.gathered(llama):
+    sharded = llama(input_ids=ids).logits
+from transformers import AutoModelForCausalLM
+whole = AutoModelForCausalLM.from_pretrained(sys.argv[2])(input_ids=ids).logits
+out["llama_diff"] = (sharded - whole).abs().max().item()
 print(json.dumps({"rank": rank, "units": units, **out}), flush=True)
 '''
 
 
-def test_generation_gathers_once_per_call_and_the_gathered_save_loads_plainly(tmp_path):
+def test_generation_gathers_once_per_call_and_the_gathered_save_loads_plainly(tmp_path, standin):
+    """Also: under --fsdp only rank 0 reads a checkpoint (rank 1 builds on the meta device, holding nothing), and
+    after sharding every rank computes what the whole model computes (weights and buffers broadcast from rank 0)."""
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-                        str(tmp_path / "saved")], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                        str(tmp_path / "saved"), standin("lm", "llama")], capture_output=True, text=True, timeout=300, cwd=ROOT,
                        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
     rows = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
@@ -66,6 +79,8 @@ def test_generation_gathers_once_per_call_and_the_gathered_save_loads_plainly(tm
         assert r["gathered"] == r["units"]  # once per unit for the whole generate call
         assert r["per_token"] >= 12 * r["units"]  # without it: every unit at each of the 12 forwards
         assert r["same"]  # the tokens the unsharded model generates
+        assert r["meta"] == (r["rank"] == 1)  # rank 1 never held the weights
+        assert r["llama_diff"] < 1e-5  # fp32: the same weights (a random or missing one would be off by 1e-2 or more)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
     tok = models.load_tokenizer(models.BUNDLED_MODEL)
     query = torch.tensor([tok("Which is larger, 3 or 9?").input_ids] * 2)
