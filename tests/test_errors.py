@@ -5,8 +5,11 @@ training starts, most before any model loads. They run in parallel: each is most
 import ast
 import importlib
 import json
+import os
 import re
-from concurrent.futures import ThreadPoolExecutor
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import tyro
@@ -150,22 +153,31 @@ DATA_CASES = {
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """{("flags" or "data", case): (directory it ran in, exit code, stdout + stderr)}, all run at once (4 at a time:
-    each is mostly Python importing torch)."""
+    """{("flags" or "data", case): (directory it ran in, exit code, stdout + stderr)}. The cases run as forks of one
+    process that imported torch once (tests/forked.py: each is otherwise mostly Python importing torch); those that
+    set the hub's variables, which huggingface_hub reads at import, each run in a fresh process."""
     keys = [("flags", c) for c in CASES] + [("data", c) for c in DATA_CASES]
-    cwds = {key: tmp_path_factory.mktemp("run") for key in keys}  # here: mktemp is not safe across threads
-
-    def one(key):
-        cwd = cwds[key]
+    cwds = {key: tmp_path_factory.mktemp("run") for key in keys}
+    jobs, fresh = [], []
+    for key in keys:
+        script, flags, env = (*DATA_CASES[key[1]][:2], {}) if key[0] == "data" else CASES[key[1]][:3]
         if key[0] == "data":
-            _files(cwd)
-            script, flags, _ = DATA_CASES[key[1]]
-            return key, (cwd, *run_capture(script, *flags, cwd=cwd))
-        script, flags, env, _ = CASES[key[1]]
-        return key, (cwd, *run_capture(script, *flags, cwd=cwd, env=env))
-
-    with ThreadPoolExecutor(4) as pool:
-        return dict(pool.map(one, keys))
+            _files(cwds[key])
+        if any(k.startswith(("HF_", "TRANSFORMERS_")) for k in env):
+            fresh.append(key)
+        else:
+            jobs.append({"script": str(ROOT / script), "args": flags, "cwd": str(cwds[key]), "env": env,
+                         "out": str(cwds[key] / ".output"), "key": key})
+    listing = tmp_path_factory.mktemp("jobs") / "jobs.json"
+    listing.write_text(json.dumps(jobs))
+    subprocess.run([sys.executable, str(ROOT / "tests" / "forked.py"), str(listing)], check=True, timeout=600,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = {tuple(j["key"]): (Path(j["cwd"]), int(Path(j["out"] + ".code").read_text()), Path(j["out"]).read_text())
+           for j in jobs}
+    for key in fresh:
+        script, flags, env = CASES[key[1]][:3]
+        out[key] = (cwds[key], *run_capture(script, *flags, cwd=cwds[key], env=env))
+    return out
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -222,8 +222,8 @@ def test_two_processes_follow_the_one_process_trajectory(tmp_path):
     """torchrun with 2 processes and 8 rated responses per device takes the same stage-1 steps as 1 process with 16
     (each rank's loss weighted by its share of the global batch's known ratings), under DDP and with --fsdp (which
     saves DDP's weights, composite head included); the same stage-2 weights, so the same eval accuracy."""
-    flags = ["--num-train-prompts", "6", "--num-epochs", "1", "--eval-pairs-per-prompt", "1", "--stage2-pairs", "128",
-             "--eval-every", "100000", "--calibration-size", "64"]
+    flags = ["--num-train-prompts", "4", "--num-epochs", "1", "--eval-pairs-per-prompt", "1", "--stage2-pairs", "64",
+             "--eval-every", "100000", "--calibration-size", "0"]
     one, *twos = one_and_two_processes("rm_composite.py", flags, tmp_path, "rm_composite: eval accuracy")
     for two in twos:
         assert len(one["loss/train"]) == len(two["loss/train"]) >= 5
