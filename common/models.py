@@ -18,6 +18,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from common import parallel
+from common import runs
 from common.runs import stop
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,8 +71,7 @@ def from_pretrained(auto_class, name, **kwargs):
     if problem:
         stop(problem)
     try:
-        if parallel.sharded_run() and int(os.environ.get("RANK", 0)) != 0 and auto_class not in (AutoTokenizer,
-                                                                                                   AutoConfig):
+        if parallel.sharded_run() and runs.rank_and_world()[0] != 0 and auto_class not in (AutoTokenizer, AutoConfig):
             return _on_meta(auto_class, name, **kwargs)  # --fsdp: rank 0 alone reads the weights
         return auto_class.from_pretrained(resolve(name), **kwargs)
     except OSError as e:  # a hub repository that does not exist or is gated, a model folder with missing files

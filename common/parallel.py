@@ -4,7 +4,6 @@ overlapped with the backward pass); with --fsdp, FSDP2 (`fully_shard`): paramete
 split over the processes, each transformer block gathered just before it runs and freed after (Zhao et al. 2023,
 "PyTorch FSDP"; the per-parameter sharding of torchtitan)."""
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -13,6 +12,8 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.fsdp import (CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard)
 from torch.nn.parallel import DistributedDataParallel as DDP
+
+from common import runs
 
 
 @dataclass
@@ -32,7 +33,7 @@ class ParallelArgs:
             raise SystemExit("--fsdp-cpu-offload offloads FSDP's shards: it needs --fsdp")
 
 
-SHARDED_RUN = False  # set by check() for an --fsdp run: models load on rank 0 alone and stay in CPU memory until sharded
+SHARDED_RUN = False  # set by check() for an --fsdp run (see sharded_run)
 
 
 def sharded_run():
@@ -54,7 +55,7 @@ def check(parallel, world, device):
         problems.append("--fsdp-cpu-offload moves the shards from the GPU to CPU memory: this run is on the CPU "
                         "already (no GPU), drop the flag")
     if problems:
-        raise SystemExit("\n".join(problems) if int(os.environ.get("RANK", 0)) == 0 else 1)
+        runs.stop("\n".join(problems))
 
 
 def blocks(model):
@@ -78,7 +79,7 @@ def shard(model, parallel, dtype=torch.float32):
     its own would find the whole's weights sharded). Generation and evaluation run inside parallel.gathered."""
     kw = _policies(dtype, parallel.fsdp_cpu_offload)
     rank0 = dist.get_rank() == 0
-    full = {k: v for k, v in model.state_dict().items()} if rank0 else {}  # rank 0's weights (the others: meta)
+    full = model.state_dict() if rank0 else {}  # rank 0's weights (the others: meta)
     for block in blocks(model):
         fully_shard(block, **kw)
     fully_shard(model, **kw)  # each process keeps its shard, moved to its device
