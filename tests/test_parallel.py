@@ -59,7 +59,9 @@ with torch.no_grad(), parallel.gathered(llama):
 from transformers import AutoModelForCausalLM
 whole = AutoModelForCausalLM.from_pretrained(sys.argv[2])(input_ids=ids).logits
 out["llama_diff"] = (sharded - whole).abs().max().item()
-print(json.dumps({"rank": rank, "units": units, **out}), flush=True)
+# one file per rank: two processes printing to one pipe can interleave their lines
+with open(f"{sys.argv[1]}.rank{rank}.json", "w") as f:
+    json.dump({"rank": rank, "units": units, **out}, f)
 '''
 
 
@@ -72,8 +74,7 @@ def test_generation_gathers_once_per_call_and_the_gathered_save_loads_plainly(tm
                         str(tmp_path / "saved"), standin("lm", "llama")], capture_output=True, text=True, timeout=300, cwd=ROOT,
                        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
-    rows = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
-    assert len(rows) == 2
+    rows = [json.loads((tmp_path / f"saved.rank{r}.json").read_text()) for r in range(2)]
     for r in rows:
         assert r["units"] == 5  # 4 blocks and the whole model (embeddings, final norm, tied output layer)
         assert r["gathered"] == r["units"]  # once per unit for the whole generate call
