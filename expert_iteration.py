@@ -151,6 +151,8 @@ if __name__ == "__main__":
         (run_dir / f"round{rnd}" / "data").mkdir(parents=True, exist_ok=True)
         for split, split_prompts in (("train", prompts), ("test", eval_prompts)):
             queries = data.encode_prompts(tokenizer, split_prompts, args.max_prompt_length, f"{split} prompts")
+            # a pairwise judge compares each sample with this round's policy's response to the prompt
+            sampling.sample_references(reward, policy, tokenizer, split_prompts, queries, gen_config, stop_ids, autocast)
             texts, scores = sample_and_score(policy, tokenizer, reward, split_prompts, queries, args.n, gen_config,
                                              stop_ids, args.sampling_batch_size, autocast)
             rows, top, mean, empty[split] = select(split_prompts, texts, scores, args.n)

@@ -286,6 +286,8 @@ if __name__ == "__main__":
                                           args.temperature))
         return merge_rollouts(parts, tokenizer.pad_token_id)
 
+    sampling.sample_references(reward, policy, tokenizer, train_prompts + eval_prompts, train_queries + eval_queries,
+                               gen_config, stop_ids, autocast)  # a pairwise judge's baseline responses
     run_name, writer = runs.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate(0)  # step 0: the curves start at the base policy
     say(f"before training: eval score {before['score']:.3f}" + (f", gold {before['gold']:.3f}" if task_prompts else ""))

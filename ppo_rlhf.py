@@ -314,6 +314,7 @@ if __name__ == "__main__":
                                               args.max_prompt_length, "ptx demonstrations", rank == 0)
     gen_config = sampling.generation_config(tokenizer, stop_ids, args.response_length, args.temperature)
     num_updates = args.total_episodes // args.rollout_batch_size
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: 1.0 - u / num_updates)  # linear decay to 0
     local_batch = args.rollout_batch_size // world  # this process's share of each rollout
     minibatch_size = local_batch // args.num_mini_batches
 
@@ -324,6 +325,8 @@ if __name__ == "__main__":
         runs.log_scalars(writer, {k: v for k, v in out.items() if k != "samples"}, episodes, prefix="eval/")
         return out
 
+    sampling.sample_references(reward, policy, tokenizer, train_prompts + eval_prompts, train_queries + eval_queries,
+                               gen_config, stop_ids, autocast)  # a pairwise judge's baseline responses
     run_name, writer = runs.make_run(args.exp_name, args.seed, args, rank)  # only now: a failed start leaves no run
     before = evaluate(0)  # step 0: the curves start at the base policy
     gold = f", gold {before['gold']:.3f}" if task_prompts else ""
@@ -333,9 +336,6 @@ if __name__ == "__main__":
     rm_counts = Counter()  # responses whose prompt was cut to fit the reward model's context
     clock, sampled_tokens = Counter(), 0  # seconds in each part of an update; tokens generated (for tokens/s)
     for update in tqdm(range(1, num_updates + 1), desc="ppo", disable=rank != 0):
-        lr = args.learning_rate * (1.0 - (update - 1) / num_updates)  # linear LR decay
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         while len(order) < args.rollout_batch_size:  # reshuffled passes over the train prompts, as many as it takes
             order += rng.sample(range(len(train_prompts)), len(train_prompts))
         idx, order = order[: args.rollout_batch_size][rank::world], order[args.rollout_batch_size :]  # rank's share
@@ -386,7 +386,6 @@ if __name__ == "__main__":
                       "entropy": masked_mean(entropy, resp_mask[mb]).item()}
                 for k, v in s.items():
                     stats[k].append(v)
-
         clock["update"] += time.time() - tic
 
         # 4. Logging (names as in TRL / lm-human-preference-details), then the adaptive KL coefficient
@@ -404,7 +403,7 @@ if __name__ == "__main__":
             "val/ratio": avg["ratio"], "val/explained_variance": explained_variance(values, returns, resp_mask),
             "val/num_eos_tokens": r["stopped"].sum().item() * world,  # a count: x world, since averaged below
             "val/response_length": resp_mask.sum(1).mean().item(),
-            "charts/learning_rate": lr, "charts/SPS": episodes / (time.time() - start),
+            "charts/learning_rate": scheduler.get_last_lr()[0], "charts/SPS": episodes / (time.time() - start),
             "charts/generated_tokens_per_second": sampled_tokens / clock["generation"],
         }
         if task_prompts:  # the gold reward that the score stands in for
@@ -417,6 +416,7 @@ if __name__ == "__main__":
         scalars |= reward.get("stats", {})  # an ensemble: its members' mean, min and spread on this rollout
         scalars = runs.reduce_mean(scalars)  # averaged over processes (equal shares): beta moves alike everywhere
         runs.log_scalars(writer, scalars, episodes)
+        scheduler.step()  # the learning rate decays linearly to 0 over the updates
         if args.target_kl is not None:
             beta = adaptive_kl_update(beta, scalars["objective/kl"], args.target_kl, args.rollout_batch_size,
                                       args.kl_horizon)

@@ -437,7 +437,7 @@ def render(tokenizer, prompt, completion=None):
     return p, full[len(p):]
 
 
-def _count_unknown(tokenizer, ids, counts):
+def count_unknown(tokenizer, ids, counts):
     """Tokens the tokenizer could not represent (its unk id, where that is not also its EOS, as in GPT-2)."""
     counts["tokens"] = counts.get("tokens", 0) + len(ids)
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
@@ -453,7 +453,7 @@ def encode(tokenizer, prompt, completion, max_length, max_prompt_length, counts)
     eos = tokenizer.eos_token
     ends_with_eos = eos is not None and c_text.rstrip().endswith(eos)
     c = tokenizer(c_text.rstrip() if ends_with_eos else c_text, add_special_tokens=False).input_ids
-    _count_unknown(tokenizer, p + c, counts)
+    count_unknown(tokenizer, p + c, counts)
     c = c if ends_with_eos else c + [tokenizer.eos_token_id]
     counts["examples"] += 1
     if len(p) > max_prompt_length:
@@ -469,7 +469,7 @@ def encode_prompt(tokenizer, prompt, max_prompt_length, counts):
     """Prompt ids alone (for sampling), the end kept when too long; counted."""
     p_text, _ = render(tokenizer, prompt)
     p = tokenizer(p_text, add_special_tokens=isinstance(prompt, str)).input_ids
-    _count_unknown(tokenizer, p, counts)
+    count_unknown(tokenizer, p, counts)
     counts["prompts"] += 1
     if len(p) > max_prompt_length:
         counts["prompts truncated"] += 1

@@ -4,11 +4,13 @@ tokens recomputed in one forward pass exactly as the sampler saw them."""
 
 import time
 
+import torch.distributed as dist
+
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
-from common import data, models, parallel, runs, scoring, task
+from common import data, judge, models, parallel, runs, scoring, task
 
 
 def generate(model, **kwargs):
@@ -130,3 +132,28 @@ def evaluate_policy(policy, ref_policy, tokenizer, reward, prompts, queries, gen
     if with_gold:
         means["gold"] = [task.gold_reward(p, t) for p, t in zip(prompts, texts)]
     return runs.global_means(means) | {"samples": list(zip(prompts[:8], texts[:8], scores[:8]))}
+
+
+@torch.no_grad()
+def sample_references(reward, policy, tokenizer, prompts, queries, gen_config, stop_ids, autocast, batch_size=64):
+    """A pairwise generative judge scores each response against a reference response to the same prompt: the starting
+    policy's, sampled once here for every distinct prompt (AlpacaFarm's and online DPO's judges compare with a fixed
+    baseline). Each process samples its share; every process keeps them all. Nothing to do for any other reward."""
+    if reward["kind"] != "generative" or reward["judge"]["mode"] != "pairwise":
+        return
+    rank, world = runs.rank_and_world()
+    distinct = list({judge.prompt_key(p): q for p, q in zip(prompts, queries)}.items())  # (key, query ids)
+    mine, texts, start = distinct[rank::world], [], time.time()
+    with parallel.gathered(policy):
+        for i in range(0, len(mine), batch_size):
+            with autocast:
+                part = [q for _, q in mine[i : i + batch_size]]
+                texts += sample_responses(policy, tokenizer, part, gen_config, stop_ids)["texts"]
+    shares = [[(key, t) for (key, _), t in zip(mine, texts)]]
+    if world > 1:
+        shares = [None] * world
+        dist.all_gather_object(shares, [(key, t) for (key, _), t in zip(mine, texts)])
+    reward["references"] = dict(pair for share in shares for pair in share)
+    if rank == 0:
+        print(f"{len(distinct)} reference responses for the pairwise judge, sampled from the starting policy in "
+              f"{time.time() - start:.0f}s")

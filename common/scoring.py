@@ -11,6 +11,10 @@
                             model with one output reads (prompt, response) as a text pair (OpenAssistant's reward
                             models), a classifier with several labels reads prompt + response as one text (TRL's
                             gpt2-sentiment)
+    a generative judge      a directory with judge.json (rm_generative.py output): a language model whose next token
+                            is the verdict on the decoded text: pointwise log P(Yes) - log P(No), pairwise the
+                            preference over the starting policy's response to the same prompt (common/judge.py;
+                            sampling.sample_references draws those once, at the start)
     an ensemble             a directory with ensemble.json (rm_ensemble.py output): every member scores, one reward is
                             their mean, minimum or mean - c * std (--ensemble-aggregate; Coste et al. 2023)
 --reward-label picks the output of a classifier with several labels: a name of config.id2label or an index
@@ -30,7 +34,7 @@ from typing import Literal
 
 import torch
 
-from common import data, models, parallel, runs, task
+from common import data, judge, models, parallel, runs, task
 
 
 @dataclass
@@ -131,6 +135,12 @@ def load(spec, policy_tokenizer, label=None, device="cpu", trust_remote_code=Fal
         if ":" not in spec.rpartition(".py")[2]:
             raise SystemExit(f"--reward-model {spec}: name the function too, as in my_rewards.py:reward")
         return {"kind": "function", "fn": _load_function(spec), "name": spec}
+    settings = judge.load(spec)
+    if settings is not None:  # rm_generative.py's output: a language model that writes the verdict
+        model = models.load_causal_lm(spec, dtype, trust_remote_code)
+        model = models.disable_dropout(model).eval().requires_grad_(False)
+        return {"kind": "generative", "model": model if parallel.sharded_run() else model.to(device), "name": spec,
+                "tokenizer": models.load_tokenizer(spec, trust_remote_code), "judge": settings, "references": {}}
     tokenizer = models.load_tokenizer(spec, trust_remote_code)
     model = models.load_reward_model(spec, dtype, trust_remote_code, num_labels=None)
     model = models.disable_dropout(model).eval().requires_grad_(False)
@@ -158,6 +168,14 @@ def describe(reward):
         how = {"mean": "their mean", "min": "their minimum", "mean_minus_std": f"mean - {reward['coef']:g} std"}
         return (f"{reward['name']}: an ensemble of {len(reward['members'])} reward models, the reward "
                 f"{how[reward['aggregate']]}; member 0: {describe(reward['members'][0])}")
+    if reward["kind"] == "generative":
+        j = reward["judge"]
+        yes, no = j["verdict_words"]
+        how = (f"log P({yes}) - log P({no}) after its question" if j["mode"] == "pointwise" else
+               f"log-odds that the response beats the starting policy's response to its prompt (verdicts {yes}/{no}, "
+               "both orders averaged)")
+        return (f"{reward['name']}: a generative judge ({j['mode']}), the reward {how}, "
+                f"reward_mean {j['reward_mean']:.4g}, reward_std {j['reward_std']:.4g}")
     cfg = reward["model"].config
     tokens = "on the policy's tokenizer" if reward["same_vocab"] else "another tokenizer: re-encoded"
     how = {"encoder": "an encoder classifier on its own tokenization", "decoder": "read at the last token, " + tokens}
@@ -219,6 +237,13 @@ def score(reward, prompts, texts, with_eos, seq=None, mask=None, counts=None):
         reward["stats"] = {"ensemble/mean": members.mean().item(), "ensemble/min": members.min(0).values.mean().item(),
                            "ensemble/std": members.std(0, correction=0).mean().item()}
         return aggregate(members, reward["aggregate"], reward["coef"])
+    if reward["kind"] == "generative":  # the judge reads the decoded texts
+        j, refs, cut = reward["judge"], None, Counter()
+        if j["mode"] == "pairwise":
+            refs = [reward["references"][judge.prompt_key(p)] for p in prompts]
+        raw = judge.raw_scores(reward["model"], reward["tokenizer"], j, list(prompts), list(texts), refs, cut)
+        counts["truncated for the reward model"] += cut["prompts truncated"] + cut["responses truncated"]
+        return (raw - j["reward_mean"]) / j["reward_std"]
     model, label = reward["model"], reward["label"]
     device = next(model.parameters()).device
     if not reward["same_vocab"]:

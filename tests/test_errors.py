@@ -107,9 +107,20 @@ CASES = {
     "a stop token the tokenizer does not have": (
         "ppo_rlhf.py", ["--stop-token", "<nope>"], {},
         ["--stop-token '<nope>' is not one token of the tokenizer of common/bundled_model"]),
+    "rm_generative: a Yes threshold in pairwise mode": (
+        "rm_generative.py", ["--yes-threshold", "1"], {},
+        ["--yes-threshold must be used with --mode pointwise, got 1.0"]),
+    "rm_generative: a template without a response": (
+        "rm_generative.py", ["--template", "{prompt} 1. {response_a} Which? {verdict}"], {},
+        ["--template: a pairwise template needs {prompt}, {response_a}, {response_b} (and may use {verdict_1}, "
+         "{verdict_2}); missing ['response_b']"]),
+    "rm_generative: verdict words that begin with the same token": (
+        "rm_generative.py", ["--verdict-words", "A B"], {},
+        ["--verdict-words 'A B': in common/bundled_model's tokenizer they begin with the tokens ['<unk>', '<unk>']; "
+         "the verdicts must begin with two different known tokens"]),
 }
 SCRIPTS = ["sft.py", "rm_bt.py", "rm_kwise.py", "ppo_rlhf.py", "dpo.py", "rm_composite.py", "grpo.py",
-           "expert_iteration.py", "rm_ensemble.py"]
+           "expert_iteration.py", "rm_ensemble.py", "rm_generative.py"]
 
 
 # ---------------------------------------------------------------- the user's data: checked before any model loads
