@@ -4,13 +4,12 @@ overlapped with the backward pass); with --fsdp, FSDP2 (`fully_shard`): paramete
 split over the processes, each transformer block gathered just before it runs and freed after (Zhao et al. 2023,
 "PyTorch FSDP"; the per-parameter sharding of torchtitan)."""
 
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
-from torch.distributed.fsdp import (CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard)
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import runs
@@ -65,9 +64,20 @@ def blocks(model):
     return list(max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))) if lists else []
 
 
+def fsdp_units(model):
+    """The FSDP2 units among the model's modules. torch.distributed.fsdp is imported by shard() alone (it loads
+    DTensor, about a second per process): a run that never imported it has none."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is None or not isinstance(model, torch.nn.Module):
+        return []
+    return [m for m in model.modules() if isinstance(m, fsdp.FSDPModule)]
+
+
 def _policies(dtype, cpu_offload):
     """bf16 parameters in forward and backward with gradients reduced in fp32 where the run computes in bf16 (the
     mixed precision of torchtitan); shards in CPU memory with cpu_offload."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
+
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32 else \
         MixedPrecisionPolicy()
     return {"mp_policy": mp, "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
@@ -77,6 +87,9 @@ def shard(model, parallel, dtype=torch.float32):
     """FSDP2 in place: fully_shard on each transformer block, then on the whole (its embeddings, final norm, head),
     which must be the module that training calls (e.g. models.LastTokenReward around a reward model: a part called on
     its own would find the whole's weights sharded). Generation and evaluation run inside parallel.gathered."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+
     kw = _policies(dtype, parallel.fsdp_cpu_offload)
     rank0 = dist.get_rank() == 0
     full = model.state_dict() if rank0 else {}  # rank 0's weights (the others: meta)
@@ -97,7 +110,7 @@ def shard(model, parallel, dtype=torch.float32):
 
 def sharded(model):
     """Whether the model (or a part of it) is sharded with FSDP2, gathered at the moment or not."""
-    return isinstance(model, torch.nn.Module) and any(isinstance(m, FSDPModule) for m in model.modules())
+    return bool(fsdp_units(model))
 
 
 def wrap(model, parallel, world, dtype=torch.float32):
@@ -124,7 +137,7 @@ def accumulating(model, sync):
     if isinstance(model, DDP) and not sync:
         with model.no_sync():
             yield
-    elif isinstance(model, FSDPModule):
+    elif model in fsdp_units(model):  # the root unit: it sets every unit below it
         model.set_requires_gradient_sync(sync)
         yield
     else:
@@ -136,7 +149,7 @@ def gathered(*models):
     """Every FSDP unit of the models gathered once (one all-gather each, on every rank together), kept through any
     number of forward passes, freed at the end: generation (hundreds of forwards, one per token) and evaluation, where
     ranks may run different numbers of forwards. Nothing happens for models that are not sharded."""
-    units = [u for m in models if isinstance(m, torch.nn.Module) for u in m.modules() if isinstance(u, FSDPModule)]
+    units = [u for m in models for u in fsdp_units(m)]
     for u in units:
         u.set_reshard_after_forward(False, recurse=False)
         u.unshard()
@@ -154,6 +167,8 @@ def full_state_dict(model):
     models.LastTokenReward)."""
     if not sharded(model):
         return (model.module if isinstance(model, DDP) else model).state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 

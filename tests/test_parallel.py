@@ -27,7 +27,7 @@ torch.manual_seed(0)
 model = models.load_causal_lm(models.BUNDLED_MODEL)
 plain_copy = models.load_causal_lm(models.BUNDLED_MODEL)
 parallel.wrap(model, parallel.ParallelArgs(fsdp=True), world)
-units = sum(1 for m in model.modules() if isinstance(m, parallel.FSDPModule))
+units = len(parallel.fsdp_units(model))
 tok = models.load_tokenizer(models.BUNDLED_MODEL)
 query = torch.tensor([tok("Which is larger, 3 or 9?").input_ids] * 2)
 def greedy(m):
