@@ -54,8 +54,7 @@ class Args:
     """the W&B team or user (with --track); None: your default entity"""
 
     model: str = models.BUNDLED_MODEL
-    """the model to start from (the SFT model, as in InstructGPT): a hub name or local path;
-    it gets a fresh scalar head"""
+    """the SFT model to start from (InstructGPT), a hub name or local path; it gets a fresh scalar head"""
     dataset: str = "embedded"
     """'embedded' (pairs labeled by the task's simulated labeler), a .jsonl/.json file, a local dataset folder or a hub
     dataset of pairs (common/data.py lists the layouts read)"""
@@ -120,8 +119,7 @@ class Args:
     reference_size: int = 1024
     """how many reference responses to score for the normalization"""
     normalize_std: bool = False
-    """also set a gain so that reference rewards have std 1 (lm-human-preferences);
-    otherwise only a bias (Stiennon et al.)"""
+    """also a gain so that reference rewards have std 1 (lm-human-preferences); else a bias only (Stiennon et al.)"""
     calibration_size: int = 1024
     """embedded task only: generator responses on train prompts with their gold reward, on which the reward is
     calibrated to gold: eval/alignment_gap, and the saved normalization (PPO then sees scores on gold's scale); 0: off,
@@ -263,6 +261,7 @@ if __name__ == "__main__":
     # Data (read and checked before any model loads): pairs (chosen, rejected);
     # the eval pairs are on prompts never trained on
     embedded = args.dataset == "embedded"
+    ood_rows, ood_ceiling = [], None
     if embedded:
         labeler = task.labeler_pool(args.labelers)
         train_prompts, eval_prompts = task.split_prompts()
@@ -271,6 +270,7 @@ if __name__ == "__main__":
                                      args.counterexample_frac)
         # the labeler's own comparisons only (no curated counterexamples): every ablation is measured on the same pairs
         eval_rows = task.make_pairs(eval_prompts, labeler, args.eval_pairs_per_prompt, args.seed + 1, args.margin)
+        ood_rows, ood_ceiling = task.ood_pairs(labeler, args.eval_pairs_per_prompt, args.seed + 5)  # RL's responses
         task.report_ties(train_rows, train_prompts, args.pairs_per_prompt, "train pairs", say)
         task.report_ties(eval_rows, eval_prompts, args.eval_pairs_per_prompt, "eval pairs", say)
         if args.extra_pairs:
@@ -316,6 +316,7 @@ if __name__ == "__main__":
     smoothed = any(p["smoothing"] for p in train)  # rows with "label_smoothing" (rm_ensemble.py --denoise smooth)
     eval_pairs, counts = encode_pairs(eval_rows, tokenizer, args, args.margin)
     data.report(counts, "eval pairs", say)
+    ood_pairs = encode_pairs(ood_rows, tokenizer, args, False)[0]
 
     # Ground truth where it is known: agreement with the gold preference (task prompts, plain-text responses),
     # and the labeler's ceiling, the accuracy a perfect reward model reaches on these noisy labels
@@ -349,6 +350,9 @@ if __name__ == "__main__":
         with autocast, parallel.gathered(scorer):
             ev = evaluate(scorer, eval_pairs, pad_id, device, args, gold_sign, rank=rank, world=world,
                           calibration=calibration)
+            if ood_pairs and step in (0, num_steps):
+                ood = evaluate(scorer, ood_pairs, pad_id, device, args, rank=rank, world=world)
+                ev |= {"ood_accuracy": ood["accuracy"], "ood_ceiling": ood_ceiling}
         runs.log_scalars(writer, ev, step, prefix="eval/")
         if ceiling is not None:
             writer.add_scalar("eval/ceiling", ceiling, step)
@@ -434,6 +438,8 @@ if __name__ == "__main__":
         summary += f", gold accuracy {ev['gold_accuracy']:.3f}"
     if calibration is not None:
         summary += f", alignment gap {ev['alignment_gap']:.3f} (rank corr {ev['rank_correlation']:.3f})"
+    if ood_pairs:
+        summary += f", off-distribution accuracy {ev['ood_accuracy']:.3f} (ceiling {ood_ceiling:.3f})"
     summary += (f", eval loss {ev['loss']:.3f}, margin {ev['margin']:.2f}, "
                 f"reward-length corr {ev['reward_length_corr']:+.2f}, "
                 f"reward_mean {model.config.reward_mean:.3f} reward_std {model.config.reward_std:.3f}, "

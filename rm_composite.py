@@ -214,6 +214,7 @@ if __name__ == "__main__":
         train_prompts = train_prompts[: args.num_train_prompts]
         train_pairs = task.make_pairs(train_prompts, labeler, args.pairs_per_prompt, args.seed)
         eval_pairs = task.make_pairs(eval_prompts, labeler, args.eval_pairs_per_prompt, args.seed + 1)
+        ood_pairs, ood_ceiling = task.ood_pairs(labeler, args.eval_pairs_per_prompt, args.seed + 5)  # RL's responses
         task.report_ties(train_pairs, train_prompts, args.pairs_per_prompt, "train pairs", say)
         task.report_ties(eval_pairs, eval_prompts, args.eval_pairs_per_prompt, "eval pairs", say)
         rng = random.Random(args.seed + 3)
@@ -225,6 +226,7 @@ if __name__ == "__main__":
         train_rows, eval_rows, attributes = data.load_ratings(args.dataset, args.dataset_config,
                                                               args.dataset_train_split, args.dataset_test_split,
                                                               verbose=rank == 0)
+        ood_pairs, ood_ceiling = [], None
         if args.preference_dataset:
             train_pairs, eval_pairs = data.load_rows(args.preference_dataset, "pairwise", verbose=rank == 0)
         elif args.preference_attribute not in attributes:
@@ -269,7 +271,7 @@ if __name__ == "__main__":
         say(f"{int((~known).sum())} of {known.numel()} ratings are missing (N/A): masked out of the loss")
     pair_ids = {name: ([encode(r["prompt"], r["chosen"]) for r in pairs], [encode(r["prompt"], r["rejected"])
                                                                          for r in pairs])
-                for name, pairs in (("train", train_pairs), ("eval", eval_pairs))}
+                for name, pairs in (("train", train_pairs), ("eval", eval_pairs), ("ood", ood_pairs))}
     order = random.Random(args.seed).sample(range(len(train_pairs)), len(train_pairs))  # stage 2's: a random subset
     pair_ids["train"] = tuple([ids[i] for i in order] for ids in pair_ids["train"])
     data.report(counts, f"{len(rated)} rated responses and the responses of {len(train_pairs)} train and "
@@ -328,6 +330,11 @@ if __name__ == "__main__":
                 gap = task.alignment_gap((f_cal @ weights).tolist(), cal_gold.sum(1).tolist(),
                                          (torch.cat([fc, fr]) @ weights).tolist(), eval_gold.sum(1).tolist())
                 out |= {"alignment_gap": gap["alignment_gap"], "rank_correlation": gap["rank_correlation"]}
+        if ood_pairs and step in (0, num_steps):  # off the training distribution (task.ood_pairs)
+            ood_chosen, ood_rejected = pair_features("ood")
+            d = (ood_chosen - ood_rejected) @ weights
+            out["ood_accuracy"] = ((d > 0).float() + 0.5 * (d == 0).float()).mean().item()
+            out["ood_ceiling"] = ood_ceiling
         runs.log_scalars(writer, out, step, prefix="eval/")
         if ceiling is not None:
             writer.add_scalar("eval/ceiling", ceiling, step)
@@ -406,5 +413,7 @@ if __name__ == "__main__":
         summary += "".join(f", {a} {ev[f'attribute/{a}']:.3f}" for a in task.ATTRIBUTES if f"attribute/{a}" in ev)
         if "alignment_gap" in ev:
             summary += f", alignment gap {ev['alignment_gap']:.3f} (rank corr {ev['rank_correlation']:.3f})"
+    if ood_pairs:
+        summary += f", off-distribution accuracy {ev['ood_accuracy']:.3f} (ceiling {ood_ceiling:.3f})"
     print(summary + f"; weights {weights}; stage 1 {train_time:.0f}s on {world} process(es), saved to {out_dir}")
     runs.finish(writer)

@@ -228,11 +228,14 @@ if __name__ == "__main__":
         train_prompts = train_prompts[: args.num_train_prompts]
         train_rows = task.make_pairs(train_prompts, pool, args.pairs_per_prompt, args.seed)
         eval_rows = task.make_pairs(eval_prompts, pool, args.eval_pairs_per_prompt, args.seed + 1)
+        # and the eval prompts' pairs of responses from policies trained by RL: off the training distribution
+        ood_rows, ood_ceiling = task.ood_pairs(pool, args.eval_pairs_per_prompt, args.seed + 5)
         task.report_ties(train_rows, train_prompts, args.pairs_per_prompt, "train pairs", say)
         task.report_ties(eval_rows, eval_prompts, args.eval_pairs_per_prompt, "eval pairs", say)
     else:
         train_rows, eval_rows = data.load_rows(args.dataset, "pairwise", args.dataset_config, args.dataset_train_split,
                                                args.dataset_test_split, verbose=rank == 0)
+        ood_rows, ood_ceiling = [], None
     data.check_eval_rows(eval_rows, args.dataset, "pairs")
     if args.mode == "pointwise" and embedded:  # the labeler judges each response alone (pointwise_labels)
         gold = sorted(task.gold_reward(r["prompt"], r[k]) for r in train_rows for k in ("chosen", "rejected"))
@@ -264,6 +267,7 @@ if __name__ == "__main__":
     counts = Counter()
     eval_seqs, eval_first = judging_examples(eval_rows, eval_labels, tokenizer, settings, counts)
     data.report(counts, "eval judging texts", say)
+    ood_seqs, ood_first = judging_examples(ood_rows, [(True, False)] * len(ood_rows), tokenizer, settings, Counter())
 
     # Ground truth where it is known (as rm_bt.py): gold preference, the labeler's ceiling, the alignment gap
     gold_sign, ceiling, calibration = None, None, None
@@ -308,6 +312,9 @@ if __name__ == "__main__":
         with autocast, parallel.gathered(scorer):
             ev = evaluate(scorer, eval_seqs, eval_first, settings, pad_id, rank, world, gold_sign,
                           calibration if step in (0, num_steps) else None)  # the gap: first and last evaluation
+            if ood_rows and step in (0, num_steps):  # the RL policies' responses (task.ood_pairs)
+                ev["ood_accuracy"] = evaluate(scorer, ood_seqs, ood_first, settings, pad_id, rank, world)["accuracy"]
+                ev["ood_ceiling"] = ood_ceiling
         runs.log_scalars(writer, ev, step, prefix="eval/")
         if ceiling is not None:
             writer.add_scalar("eval/ceiling", ceiling, step)
@@ -374,6 +381,8 @@ if __name__ == "__main__":
         summary += f" (labeler's ceiling {ceiling:.3f}, {100 * (ceiling - ev['accuracy']):.1f} points below)"
     if gold_sign is not None:
         summary += f", gold accuracy {ev['gold_accuracy']:.3f}"
+    if ood_rows:
+        summary += f", off-distribution accuracy {ev['ood_accuracy']:.3f} (ceiling {ood_ceiling:.3f})"
     if args.mode == "pairwise":
         summary += f", position consistency {ev['position_consistency']:.3f}"
     if calibration is not None:

@@ -55,8 +55,7 @@ class Args:
     """the W&B team or user (with --track); None: your default entity"""
 
     model: str = models.BUNDLED_MODEL
-    """the model to start from (the SFT model, as in InstructGPT): a hub name or local path;
-    it gets a fresh scalar head"""
+    """the SFT model to start from (InstructGPT), a hub name or local path; it gets a fresh scalar head"""
     dataset: str = "embedded"
     """'embedded' (rankings by the task's simulated labeler), a .jsonl/.json file, a local dataset folder or a hub
     dataset of K-wise rows (ours, Nectar's, UltraFeedback's: common/data.py)"""
@@ -78,8 +77,7 @@ class Args:
     loss: Literal["pairwise", "plackett-luce", "best-of-k"] = "plackett-luce"
     """the K-wise loss (see the functions of the same names)"""
     shuffle_pairs: bool = False
-    """split every ranking into its C(K,2) pairs and shuffle them across the dataset as independent examples
-    (needs --loss pairwise)"""
+    """split each ranking into its C(K,2) pairs, shuffled over the dataset as independent examples (--loss pairwise)"""
     output_dir: str = ""
     """where to save the reward model and tokenizer; '' saves to runs/<run_name>/model"""
     num_epochs: int = 4
@@ -118,8 +116,7 @@ class Args:
     reference_size: int = 1024
     """how many reference responses to score for the normalization"""
     normalize_std: bool = False
-    """also set a gain so the reference rewards have std 1 (lm-human-preferences);
-    otherwise only a bias (Stiennon et al.)"""
+    """also a gain so that reference rewards have std 1 (lm-human-preferences); else a bias only (Stiennon et al.)"""
     calibration_size: int = 1024
     """embedded task only: generator responses on train prompts with their gold reward, on which the reward is
     calibrated to gold: eval/alignment_gap, and the saved normalization (PPO sees gold's scale); 0: the reference
@@ -270,10 +267,9 @@ if __name__ == "__main__":
                ("pairs_per_batch", args.pairs_per_batch == 0 or args.pairs_per_batch >= world,
                 f"0 or at least one per process ({world})"),
                ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
+               ("shuffle_pairs", not args.shuffle_pairs or args.loss == "pairwise", "used with --loss pairwise"),
                runs.prompt_length_rule(args)],
     )
-    if args.shuffle_pairs and args.loss != "pairwise":
-        raise SystemExit("--shuffle-pairs trains on single pairs: it needs --loss pairwise (Bradley-Terry on each)")
     runs.seed_everything(args.seed, args.torch_deterministic)
     say = print if rank == 0 else runs.quiet
     # weights stay fp32 (AdamW needs them); bf16 only inside autocast on GPUs that support it
@@ -282,12 +278,14 @@ if __name__ == "__main__":
     # Data (read and checked before any model loads): rankings best first;
     # the eval rankings are on prompts never trained on
     embedded = args.dataset == "embedded"
+    ood_rows, ood_ceiling = [], None
     if embedded:
         labeler = task.labeler_pool(args.labelers)
         train_prompts, eval_prompts = task.split_prompts()
         train_prompts = train_prompts[: args.num_train_prompts or None]
         train_rows = task.make_rankings(train_prompts, labeler, args.k_min, args.k_max, seed=args.seed)
         eval_rows = task.make_rankings(eval_prompts, labeler, args.k_min, args.k_max, seed=args.seed + 1)
+        ood_rows, ood_ceiling = task.ood_pairs(labeler, 8, args.seed + 5)  # RL policies' responses: off-distribution
     else:
         train_rows, eval_rows = data.load_rows(args.dataset, "kwise", args.dataset_config, args.dataset_train_split,
                                                args.dataset_test_split, verbose=rank == 0)
@@ -301,8 +299,7 @@ if __name__ == "__main__":
 
     # The reward model starts from the SFT model with a fresh scalar head (InstructGPT); dropout off
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
-    model = models.load_reward_model(args.model, torch.float32, args.trust_remote_code)
-    model = models.disable_dropout(model)
+    model = models.disable_dropout(models.load_reward_model(args.model, torch.float32, args.trust_remote_code))
     model.config.pad_token_id = tokenizer.pad_token_id
     lengths = {"max_length": (96, 1024), "max_prompt_length": (32, 512)}  # (small model, pretrained model)
     models.fit_defaults(args, model, tokenizer, (1e-3, 1e-5), lengths, say)
@@ -317,6 +314,8 @@ if __name__ == "__main__":
     data.report(counts, "train rankings", say)
     eval_ids, eval_lengths, counts = encode_rankings(eval_rows, tokenizer, args)
     data.report(counts, "eval rankings", say)
+    ood_ids = encode_rankings([{"prompt": r["prompt"], "completions": [r["chosen"], r["rejected"]]} for r in ood_rows],
+                              tokenizer, args)[0]  # each pair a ranking of two
     K = max(len(r["completions"]) for r in eval_rows)
     eval_lengths = padded(eval_lengths, K)
     # Gold agreement and the labeler's ceiling where the ground truth is known (task prompts / the embedded labeler)
@@ -345,10 +344,9 @@ if __name__ == "__main__":
     else:
         units, per_step = list(range(len(train_ids))), args.prompts_per_batch
     num_steps = args.num_epochs * len(runs.global_batches(units, per_step, world))
-    warmup = int(args.warmup_ratio * num_steps)
     optimizer = torch.optim.AdamW(models.trainable(model), lr=args.learning_rate, weight_decay=args.weight_decay,
                                   fused=runs.fused_adam(device))
-    scheduler = runs.warmup_cosine(optimizer, warmup, num_steps)
+    scheduler = runs.warmup_cosine(optimizer, int(args.warmup_ratio * num_steps), num_steps)
     rng = random.Random(args.seed)
     pad_id = tokenizer.pad_token_id
 
@@ -360,6 +358,9 @@ if __name__ == "__main__":
             with autocast:
                 ev, _ = evaluate(scorer, eval_ids, pad_id, device, loss_fn, gold, eval_lengths, args.forward_chunk,
                                  calibration)
+                if ood_ids and step in (0, num_steps):
+                    ood, _ = evaluate(scorer, ood_ids, pad_id, device, loss_fn, chunk=args.forward_chunk)
+                    ev |= {"ood_accuracy": ood["accuracy"], "ood_ceiling": ood_ceiling}
             runs.log_scalars(writer, ev, step, prefix="eval/")
             if ceiling is not None:
                 writer.add_scalar("eval/ceiling", ceiling, step)

@@ -21,6 +21,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 NUMBERS = range(0, 30)
 ANSWER_TEMPLATES = ["The answer is {x}.", "It is {x}.", "{x} is {op}."]
@@ -189,7 +190,8 @@ class Labeler:
         """P(label says a > b), exactly, label noise and flips included. Under Plackett-Luce rankings
         (Gumbel noise on the perceived scores) every pair of a ranking has this same probability."""
         d = (self.perceived(prompt, a) - self.perceived(prompt, b)) / self.temperature
-        return (1 - self.flip_rate) / (1 + math.exp(-d)) + self.flip_rate * 0.5
+        sigmoid = 0.5 * (1 + math.tanh(d / 2))  # 1 / (1 + e^-d), with no overflow at a small temperature
+        return (1 - self.flip_rate) * sigmoid + self.flip_rate * 0.5
 
     def ceiling(self, prompt, a, b):
         """The expected accuracy of a perfect reward model on this pair's noisy label: max(p, 1 - p)."""
@@ -373,6 +375,31 @@ def make_pairs(prompts, labeler, n_per_prompt=2, seed=0, margin=False, counterex
             rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, "labeler": who,
                          **({"margin": m} if margin else {})})
     return rows
+
+
+OOD_RESPONSES = Path(__file__).resolve().parent / "ood_responses.jsonl"  # experiments/generalization.py writes it
+
+
+def ood_pairs(labeler, n_per_prompt=8, seed=0, path=OOD_RESPONSES):
+    """(rows, ceiling): held-out pairs off the generator's distribution (seed 003: reward models "struggle with
+    generalization"). The responses are what policies trained by RL wrote to the eval prompts (PPO against gold and
+    against a learned RM, early and late: experiments/generalization.py, built once into common/ood_responses.jsonl);
+    n_per_prompt pairs of two distinct ones per prompt, labeled like make_pairs (ties dropped), and the labeler's
+    ceiling on them. ([], None) when the file is absent."""
+    if not Path(path).is_file():
+        return [], None
+    rng, pool, rows = random.Random(seed), as_pool(labeler), []
+    for line in Path(path).read_text().splitlines():
+        record = json.loads(line)
+        p, distinct = record["prompt"], sorted(set(record["responses"]))
+        for _ in range(n_per_prompt if len(distinct) > 1 else 0):
+            a, b = rng.sample(distinct, 2)
+            who = pool.draw(rng)
+            if not pool.labelers[who].is_tie(p, a, b):
+                chosen, rejected, _ = pool.labelers[who].compare(rng, p, a, b)
+                rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, "labeler": who})
+    ceiling = sum(pool.ceiling(r["prompt"], r["chosen"], r["rejected"]) for r in rows) / max(len(rows), 1)
+    return rows, ceiling
 
 
 def report_ties(rows, prompts, n_per_prompt, what, say=print):

@@ -23,6 +23,8 @@ import study  # launch, read_scalars: looked up when called (study.py imports th
 ROOT = Path(__file__).resolve().parent.parent
 OOD_FILE = ROOT / "common" / "ood_responses.jsonl"
 POLICIES = (("gold", "gold", 1600), ("gold", "gold", 6400), ("RM", "rm", 1600), ("RM", "rm", 6400))
+RM_FLAGS = {False: [], True: ["--num-train-prompts", 300]}  # the whole study, --quick
+PPO_FLAGS = {False: [], True: ["--total-episodes", 1920]}
 
 
 def build_ood_set(args, out, samples_per_policy=4):
@@ -52,7 +54,7 @@ def generalization(args, cfg, rows):
     out = Path(args.out_dir)
     if args.rebuild_ood or not OOD_FILE.is_file():
         build_ood_set(args, out)
-    small = cfg["general_rm_flags"]
+    small = RM_FLAGS[args.quick]
     rms = {  # name: (script, flags); the pairwise ones on rm_bt.py's 16 pairs per prompt
         "rm_bt.py": ("rm_bt.py", small),
         "rm_kwise.py (Plackett-Luce)": ("rm_kwise.py", [*small, "--loss", "plackett-luce"]),
@@ -65,7 +67,7 @@ def generalization(args, cfg, rows):
         run, _ = study.launch(args, script, f"general_rm{i}", *flags, "--output-dir", rm_dir)
         logged = study.read_scalars(run)
         ppo, _ = study.launch(args, "ppo_rlhf.py", f"general_ppo{i}", "--reward-model", rm_dir,
-                              *cfg["general_ppo_flags"])
+                              *PPO_FLAGS[args.quick])
         gold = study.read_scalars(ppo)["eval/gold"]
         rows.append({"part": "generalization", "method": name,
                      "accuracy": reward_models.final(logged, "eval/accuracy"),
@@ -73,5 +75,19 @@ def generalization(args, cfg, rows):
                      "ood_ceiling": reward_models.final(logged, "eval/ood_ceiling"),
                      "ceiling": reward_models.final(logged, "eval/ceiling"),
                      "gold_start": gold[0][1], "gold": gold[-1][1]})
+        (out / "generalization.md").write_text(table(rows) + "\n")
         print(f"    {name}: accuracy {rows[-1]['accuracy']:.3f}, OOD {rows[-1]['ood_accuracy']:.3f}"
               f" (ceilings {rows[-1]['ceiling']:.3f}, {rows[-1]['ood_ceiling']:.3f}), PPO gold {rows[-1]['gold']:.2f}")
+
+
+def table(rows):
+    """Markdown: each reward model's accuracy on generator responses and on the RL policies' (each against its
+    labeler's ceiling), the drop in points of the distance to the ceiling, and PPO's gold against it."""
+    lines = ["| reward model | accuracy (ceiling) | off-distribution accuracy (ceiling) | distance to the ceiling: "
+             "in -> off, points | PPO gold |", "|---|---|---|---|---|"]
+    for r in (r for r in rows if r.get("part") == "generalization"):
+        below, below_ood = 100 * (r["ceiling"] - r["accuracy"]), 100 * (r["ood_ceiling"] - r["ood_accuracy"])
+        lines.append(f"| {r['method']} | {r['accuracy']:.3f} ({r['ceiling']:.3f}) | {r['ood_accuracy']:.3f} "
+                     f"({r['ood_ceiling']:.3f}) | {below:.1f} -> {below_ood:.1f} | {r['gold_start']:.2f} -> "
+                     f"{r['gold']:.2f} |")
+    return "\n".join(lines)

@@ -1,29 +1,28 @@
 """The papers' claims in miniature, on the embedded task: one command trains the models and draws the plots.
 
-    python experiments/study.py            # the whole study (over 2.5 hours on 2 CPU cores; each part's time is in
-                                           # experiments/README.md: the methods part 61 minutes)
-    python experiments/study.py --quick    # smaller data and shorter runs (4 to 10 minutes a part): the same plots,
-                                           # noisier
+    python experiments/study.py          # the whole study (over 2.5 hours on 2 CPU cores; each part's time is in
+                                         # experiments/README.md)
+    python experiments/study.py --quick  # smaller data, shorter runs (4 to 10 minutes a part): the same plots, noisier
 
-1. Reward-KL frontier (Rafailov et al. 2023, the sentiment experiment): gold reward against the sequence-level
-   KL to the base policy for PPO on the gold reward (a sweep of --kl-coef), DPO (a sweep of --beta) and best-of-n
-   with the gold reward as the judge (a sweep of n; KL = log n - (n - 1) / n, Stiennon et al. 2020).
-2. Overoptimization (Gao, Schulman, Hilton 2022): PPO with a small KL penalty against reward models trained on
-   fewer or more pairs; the proxy (the RM's score) and the gold reward against d = sqrt(KL) during training,
-   and the same for best-of-n with each RM as the judge. The fitted functional forms, with R the gain over the
-   base policy: R_rl(d) = d (alpha - beta log d) and R_bon(d) = d (alpha - beta d).
+1. Reward-KL frontier (Rafailov et al. 2023, the sentiment experiment): gold against the sequence KL to the base
+   for PPO on gold (a sweep of --kl-coef), DPO (a sweep of --beta) and best-of-n judged by gold (a sweep of n;
+   KL = log n - (n - 1) / n, Stiennon et al. 2020).
+2. Overoptimization (Gao, Schulman, Hilton 2022): PPO with a small KL penalty against reward models from fewer or
+   more pairs; proxy (the RM's score) and gold against d = sqrt(KL), and the same for best-of-n judged by each RM.
+   The fitted forms, R the gain over the base: R_rl(d) = d (alpha - beta log d), R_bon(d) = d (alpha - beta d).
 3. Length hacking (the lectures): PPO against the RM of a length-biased labeler, and against the RM trained
    with curated counterexamples: response length and gold reward during training.
 4. Data scale (seed 000, experiments/reward_models.py): each feature's accuracy against the number of pairs, and
    K-wise rankings against pairs at equal labeling effort.
 5. Alignment gap (seed 000, experiments/reward_models.py): targeted examples where RM and gold disagree most,
    against as many random extra pairs: the RMs' alignment gap and accuracy, and PPO's gold against each.
-6. Methods compared (seed 004, AlpacaFarm's table; experiments/methods.py): best-of-n, expert iteration, PPO, RLOO,
-   GRPO, Dr. GRPO and DPO from one base policy and one learned RM per seed, PPO on gold as the ceiling: win rate
-   against the base policy as the labeler judges it, gold, KL, wall time and diversity, over 3 seeds.
-7. Noise and ensembles (seeds 003, 004; Coste et al. 2023; experiments/noise.py): PPO against reward models from
-   noiseless and noisy labels (25% flipped), single and ensembles (mean, min, mean - std) and denoised: gold against
-   KL, and the diversity of the responses before and after RL.
+6. Methods compared (seed 004, AlpacaFarm; experiments/methods.py): best-of-n, expert iteration, PPO, RLOO, GRPO,
+   Dr. GRPO and DPO from one base and one learned RM per seed, PPO on gold the ceiling: win rate against the base
+   as the labeler judges it, gold, KL, wall time and diversity, over 3 seeds.
+7. Noise and ensembles (seeds 003, 004; Coste et al. 2023; experiments/noise.py): PPO against RMs from noiseless
+   and 25%-flipped labels, single, ensembles (mean, min, mean - std) and denoised: gold against KL, diversity.
+8. Generalization (seeds 002, 003; experiments/generalization.py): every reward model's accuracy on generator
+   responses and on RL policies' responses (common/ood_responses.jsonl), and PPO's gold against each.
 
 Every run is one of the project's scripts, launched as a user would (`python ppo_rlhf.py ...`), its numbers read
 back from its TensorBoard log. Writes <out-dir>/results.csv (one row per measured point), frontier.png,
@@ -46,7 +45,8 @@ import tyro
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import methods  # noqa: E402  (experiments/, beside this file)
+import generalization  # noqa: E402  (experiments/, beside this file)
+import methods  # noqa: E402
 import noise  # noqa: E402
 import reward_models  # noqa: E402
 
@@ -60,8 +60,10 @@ class Args:
     seed: int = 1
     """seed of every run"""
     only: str = ""
-    """comma-separated parts to run: frontier, overoptimization, length, data-scale, alignment-gap, methods, noise;
-    '' runs all"""
+    """comma-separated parts to run: frontier, overoptimization, length, data-scale, alignment-gap, methods, noise,
+    generalization; '' runs all"""
+    rebuild_ood: bool = False
+    """generalization: rebuild common/ood_responses.jsonl (PPO runs) even if it exists"""
     python: str = sys.executable
     """the interpreter that runs the scripts"""
     plot_only: bool = False
@@ -394,7 +396,7 @@ CONFIGS[False] |= dict(noise_rm_flags=["--pairs-per-prompt", 4], noise_episodes=
                        noise_samples=4)
 CONFIGS[True] |= dict(noise_rm_flags=["--pairs-per-prompt", 4, "--num-train-prompts", 300, "--ensemble-size", 3],
                       noise_episodes=1280, noise_eval_prompts=48, noise_samples=4)
-PARTS = ("frontier", "overoptimization", "length", "data-scale", "alignment-gap", "methods", "noise")
+PARTS = ("frontier", "overoptimization", "length", "data-scale", "alignment-gap", "methods", "noise", "generalization")
 
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
@@ -427,6 +429,8 @@ if __name__ == "__main__":
         methods.methods(args, cfg, rows)
     if "noise" in parts:
         noise.noise(args, cfg, rows)
+    if "generalization" in parts:
+        generalization.generalization(args, cfg, rows)
     for r in rows:
         if "kl" in r:
             r["sqrt_kl"] = math.sqrt(max(r["kl"], 0.0))

@@ -231,6 +231,30 @@ def test_length_bias_prefers_longer_and_counterexamples_undo_it():
         assert task.gold_reward(p, short) > task.gold_reward(p, long)
 
 
+def test_ood_pairs_pair_distinct_responses_labeled_by_the_labeler(tmp_path):
+    """task.ood_pairs: pairs of two different responses of the same prompt, labeled by the labeler (a sharp one picks
+    the higher gold), its exact ceiling averaged over them; a prompt with one distinct response gives none; no file,
+    no pairs. The committed set holds RL policies' responses to every eval prompt and no train prompt."""
+    prompts = task.split_prompts()[1][:30]
+    rng = random.Random(0)
+    records = [{"prompt": p, "responses": [task.sample_response(rng, p) for _ in range(4)]} for p in prompts]
+    records.append({"prompt": prompts[0], "responses": ["It is 1."] * 3})
+    task.export_jsonl(records, tmp_path / "ood.jsonl")
+    sharp = task.Labeler(temperature=1e-6)
+    rows, ceiling = task.ood_pairs(sharp, 3, seed=0, path=tmp_path / "ood.jsonl")
+    assert 0 < len(rows) <= 3 * 30 and all(r["chosen"] != r["rejected"] for r in rows)
+    by_prompt = {r["prompt"]: set(r["responses"]) for r in records[:-1]}
+    assert all({r["chosen"], r["rejected"]} <= by_prompt[r["prompt"]] for r in rows)
+    assert all(task.gold_reward(r["prompt"], r["chosen"]) >= task.gold_reward(r["prompt"], r["rejected"]) for r in rows)
+    noisy = task.labeler_pool(task.LabelerArgs(labeler_temperature=1.0))
+    rows, ceiling = task.ood_pairs(noisy, 3, seed=0, path=tmp_path / "ood.jsonl")
+    assert ceiling == pytest.approx(statistics.mean(noisy.ceiling(r["prompt"], r["chosen"], r["rejected"]) for r in rows))
+    assert task.ood_pairs(sharp, 3, path=tmp_path / "missing.jsonl") == ([], None)
+    committed = [json.loads(line) for line in task.OOD_RESPONSES.read_text().splitlines()]
+    assert sorted(r["prompt"] for r in committed) == sorted(task.split_prompts()[1])
+    assert all(len(r["responses"]) == 16 for r in committed)
+
+
 def test_margins_and_ranking_sizes():
     rows = task.make_pairs(task.all_prompts()[:50], task.Labeler(), n_per_prompt=2, margin=True)
     assert len(rows) == 100 and {r["margin"] for r in rows} <= {0.0, 1 / 3, 2 / 3, 1.0}

@@ -137,6 +137,14 @@ def test_end_to_end_tiny_run_ranks_best_above_worst(tmp_path):
     assert all(task.gold_reward(p, w["completion"]) < -2 for p, w in zip(eval_prompts, worse))
     wins = (_normalized_rewards(model, tok, better) > _normalized_rewards(model, tok, worse)).float().mean().item()
     assert wins > 0.9, wins
+    # off the training distribution: the summary's accuracy on the RL policies' pairs (task.ood_pairs) is the saved
+    # model's, scored here one response at a time (ties are measure-zero for a float reward)
+    rows, ceiling = task.ood_pairs(task.labeler_pool(task.LabelerArgs()), 2, seed=1 + 5)
+    chosen = _normalized_rewards(model, tok, [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows])
+    rejected = _normalized_rewards(model, tok, [{"prompt": r["prompt"], "completion": r["rejected"]} for r in rows])
+    logged = re.search(r"off-distribution accuracy ([\d.]+) \(ceiling ([\d.]+)\)", out)
+    assert float(logged.group(1)) == pytest.approx((chosen > rejected).float().mean().item(), abs=1e-3)
+    assert float(logged.group(2)) == pytest.approx(ceiling, abs=1e-3) and len(rows) > 300
 
 
 def test_user_jsonl_with_margins_and_any_causal_lm(tmp_path, gpt2_no_pad):

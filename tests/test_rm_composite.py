@@ -158,6 +158,14 @@ def test_end_to_end_learns_the_broad_attributes_and_calibrates_to_gold(composite
     gold = np.array([task.gold_reward(r["prompt"], r["completion"]) for r in rows])
     (a, b), *_ = np.linalg.lstsq(np.stack([calibrated.numpy(), np.ones(len(rows))], 1), gold, rcond=None)
     assert a == pytest.approx(1.0, abs=1e-3) and b == pytest.approx(0.0, abs=1e-3)
+    # off the training distribution: the summary's accuracy on the RL policies' pairs is the saved composite's
+    pairs, ceiling = task.ood_pairs(task.labeler_pool(task.LabelerArgs()), 2, seed=1 + 5)
+    ids = [data.encode(tok, r["prompt"], r[k], 96, 32, data.Counter())[0] for k in ("chosen", "rejected") for r in pairs]
+    with torch.no_grad():
+        composite = attribute_scores(model, ids, tok.pad_token_id, "cpu")[:, 0]
+    wins = (composite[: len(pairs)] > composite[len(pairs) :]).float().mean().item()
+    logged = re.search(r"off-distribution accuracy ([\d.]+) \(ceiling ([\d.]+)\)", out)
+    assert float(logged.group(1)) == pytest.approx(wins, abs=1e-3) and float(logged.group(2)) == pytest.approx(ceiling, abs=1e-3)
 
 
 def test_ppo_runs_against_the_composite_and_one_attribute(composite_rm, tmp_path):

@@ -157,6 +157,7 @@ def test_training_learns_and_saves_a_judge_ppo_reads(trained):
         assert logged["eval/loss"][-1] < logged["eval/loss"][0]
         assert len(logged["eval/alignment_gap"]) == 2 and "eval/ceiling" in logged and "eval/gold_accuracy" in logged
         assert ("eval/position_consistency" in logged) == (mode == "pairwise")
+        assert len(logged["eval/ood_accuracy"]) == 2 and "off-distribution accuracy" in log  # RL policies' pairs
         saved = json.loads((cwd / "judge" / "judge.json").read_text())
         assert saved["mode"] == mode and saved["reward_std"] > 0
         assert f"rm_generative ({mode}): eval accuracy" in log

@@ -175,6 +175,16 @@ def test_default_layout_learns_and_saves_a_loadable_reward_model(tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
     tok = models.load_tokenizer(str(tmp_path / "rm"))
     assert isinstance(model.config.reward_mean, float) and model.config.reward_std > 0
+    # off the training distribution, at the first and the last evaluation: the saved model's accuracy on the RL
+    # policies' pairs (task.ood_pairs), each pair scored here as a ranking of two
+    pairs, ceiling = task.ood_pairs(task.labeler_pool(task.LabelerArgs()), 8, seed=1 + 5)
+    ids = [data.encode(tok, r["prompt"], r[k], 96, 32, Counter())[0] for k in ("chosen", "rejected") for r in pairs]
+    with torch.no_grad():
+        r = score_sequences(model, ids, tok.pad_token_id, "cpu")
+    logged = scalars(tmp_path / "runs")
+    assert len(logged["eval/ood_accuracy"]) == 2 and logged["eval/ood_ceiling"][-1] == pytest.approx(ceiling, abs=1e-6)
+    assert logged["eval/ood_accuracy"][-1] == pytest.approx((r[: len(pairs)] > r[len(pairs) :]).float().mean().item(),
+                                                            abs=1e-3)
     # the saved normalization is the calibration to gold (it overrides --normalize-std on the embedded task)
     assert "alignment gap" in summary
     rows = task.calibration_rows(task.split_prompts()[0][:240], 1024, 1 + 4)
