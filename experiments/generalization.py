@@ -9,9 +9,10 @@ Reward models are trained on the generator's responses and then used on the poli
    the base, standing for checkpoints along a run); each policy writes 4 responses to every eval prompt (16 per
    prompt). The reward-model scripts pair them at random within each prompt, have their own labeler label them
    (task.ood_pairs) and log eval/ood_accuracy beside eval/accuracy (in-distribution: generator responses).
-2. Every reward model of the project trained on the embedded task's labels: rm_bt.py and rm_generative.py (pairwise
-   and pointwise) on the same 16 pairs per prompt, rm_kwise.py on its rankings and rm_composite.py on its ratings
-   and pairs; their in- and out-of-distribution accuracy, and the gold PPO reaches against each.
+2. Every reward model of the project trained on the embedded task's labels: rm_bt.py and rm_generative.py pairwise
+   on the same 16 comparisons per prompt, rm_generative.py pointwise on as many labels (the 16 responses of 8 pairs,
+   each judged alone), rm_kwise.py on its rankings and rm_composite.py on its ratings and pairs (their defaults);
+   their in- and out-of-distribution accuracy, and the gold PPO reaches against each.
 """
 
 import json
@@ -55,21 +56,22 @@ def generalization(args, cfg, rows):
     if args.rebuild_ood or not OOD_FILE.is_file():
         build_ood_set(args, out)
     small = RM_FLAGS[args.quick]
-    rms = {  # name: (script, flags); the pairwise ones on rm_bt.py's 16 pairs per prompt
-        "rm_bt.py": ("rm_bt.py", small),
-        "rm_kwise.py (Plackett-Luce)": ("rm_kwise.py", [*small, "--loss", "plackett-luce"]),
-        "rm_composite.py": ("rm_composite.py", small),
-        "rm_generative.py pairwise": ("rm_generative.py", small),
-        "rm_generative.py pointwise": ("rm_generative.py", [*small, "--mode", "pointwise"]),
+    rms = {  # name: (script, flags, the labels it learns from, per train prompt)
+        "rm_bt.py": ("rm_bt.py", small, "16 comparisons"),
+        "rm_generative.py pairwise": ("rm_generative.py", small, "16 comparisons"),
+        "rm_generative.py pointwise": ("rm_generative.py", [*small, "--mode", "pointwise", "--pairs-per-prompt", 8],
+                                       "16 Yes/No judgments"),
+        "rm_kwise.py (Plackett-Luce)": ("rm_kwise.py", small, "1 ranking of 4 to 9"),
+        "rm_composite.py": ("rm_composite.py", small, "5 ratings of ~30 responses, 16 comparisons"),
     }
-    for i, (name, (script, flags)) in enumerate(rms.items()):
+    for i, (name, (script, flags, labels)) in enumerate(rms.items()):
         rm_dir = out / f"general_rm{i}"
         run, _ = study.launch(args, script, f"general_rm{i}", *flags, "--output-dir", rm_dir)
         logged = study.read_scalars(run)
         ppo, _ = study.launch(args, "ppo_rlhf.py", f"general_ppo{i}", "--reward-model", rm_dir,
                               *PPO_FLAGS[args.quick])
         gold = study.read_scalars(ppo)["eval/gold"]
-        rows.append({"part": "generalization", "method": name,
+        rows.append({"part": "generalization", "method": name, "labels": labels,
                      "accuracy": reward_models.final(logged, "eval/accuracy"),
                      "ood_accuracy": reward_models.final(logged, "eval/ood_accuracy"),
                      "ood_ceiling": reward_models.final(logged, "eval/ood_ceiling"),
@@ -83,11 +85,11 @@ def generalization(args, cfg, rows):
 def table(rows):
     """Markdown: each reward model's accuracy on generator responses and on the RL policies' (each against its
     labeler's ceiling), the drop in points of the distance to the ceiling, and PPO's gold against it."""
-    lines = ["| reward model | accuracy (ceiling) | off-distribution accuracy (ceiling) | distance to the ceiling: "
-             "in -> off, points | PPO gold |", "|---|---|---|---|---|"]
+    lines = ["| reward model | labels per prompt | accuracy (ceiling) | off-distribution accuracy (ceiling) | distance to the ceiling: "
+             "in -> off, points | PPO gold |", "|---|---|---|---|---|---|"]
     for r in (r for r in rows if r.get("part") == "generalization"):
         below, below_ood = 100 * (r["ceiling"] - r["accuracy"]), 100 * (r["ood_ceiling"] - r["ood_accuracy"])
-        lines.append(f"| {r['method']} | {r['accuracy']:.3f} ({r['ceiling']:.3f}) | {r['ood_accuracy']:.3f} "
+        lines.append(f"| {r['method']} | {r['labels']} | {r['accuracy']:.3f} ({r['ceiling']:.3f}) | {r['ood_accuracy']:.3f} "
                      f"({r['ood_ceiling']:.3f}) | {below:.1f} -> {below_ood:.1f} | {r['gold_start']:.2f} -> "
                      f"{r['gold']:.2f} |")
     return "\n".join(lines)

@@ -62,7 +62,7 @@ def test_ensemble_aggregates_by_hand():
 
 TINY = ["--num-train-prompts", "200", "--pairs-per-prompt", "2", "--eval-pairs-per-prompt", "1", "--ensemble-size", "2",
         "--flip-rate", "0.2", "--num-labelers", "3", "--outlier-labelers", "1",
-        "--rm-flags=--reference-size 64 --eval-every 1000"]
+        "--rm-flags=--reference-size 64 --eval-every 1000 --calibration-size 64"]
 
 
 @pytest.fixture(scope="module")
