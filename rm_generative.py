@@ -167,21 +167,12 @@ def judging_examples(rows, labels, tokenizer, settings, counts):
     return seqs, torch.tensor(first)
 
 
-@torch.no_grad()
-def logodds_of(model, seqs, ids, pad_id, rank, world, chunk=64):
-    """(N,) the log-odds of the first verdict over the second after each judging text; each rank its share."""
-    mine = seqs[rank::world]
-    out = [judge.pairwise_logodds(judge.verdict_logits(model, mine[i : i + chunk], pad_id), ids).cpu()
-           for i in range(0, len(mine), chunk)]
-    return runs.gather_in_order(torch.cat(out) if out else torch.zeros(0), rank, world)
-
-
 def evaluate(model, seqs, first, settings, pad_id, rank=0, world=1, gold_sign=None, calibration=None):
     """Held-out two-way loss, accuracy on the pairs' labels (ties count half), gold accuracy (with gold_sign, gold
     ties left out), position consistency (pairwise: the same response wins in both orders) and, with calibration
     (the scorer's raw scores of calibration and eval responses, and their gold), the alignment gap."""
     model.eval()
-    lo = logodds_of(model, seqs, settings["verdict_ids"], pad_id, rank, world)
+    lo = runs.gather_in_order(judge.logodds(model, seqs[rank::world], settings["verdict_ids"], pad_id), rank, world)
     n = len(lo) // 2
     if settings["mode"] == "pairwise":  # lo[:n] with chosen first, lo[n:] with rejected first
         margin = judge.pairwise_score(lo[:n], lo[n:])
@@ -295,7 +286,7 @@ if __name__ == "__main__":
                 mine = pairs[rank::world]
                 prompts, responses = [p for p, _ in mine], [y for _, y in mine]
                 refs = [references[p] for p in prompts] if args.mode == "pairwise" else None
-                raw = judge.raw_scores(m, tokenizer, settings, prompts, responses, refs) if mine else torch.zeros(0)
+                raw = judge.raw_scores(m, tokenizer, settings, prompts, responses, refs)
                 out.append(runs.gather_in_order(raw, rank, world).tolist())
             return out[0], out[1], cal_gold, eval_gold
 
@@ -340,7 +331,7 @@ if __name__ == "__main__":
                     loss = verdict_loss(logits, targets)
                     (loss * weight).backward()
                 losses.append(loss.item() * weight)
-                lo = judge.pairwise_logodds(logits.detach(), settings["verdict_ids"])
+                lo = judge.verdict_logodds(logits.detach(), settings["verdict_ids"])
                 right.append(((lo > 0) == train_first[part].to(device)).float().mean().item() * weight)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

@@ -33,9 +33,10 @@ CHAT = {"pairwise": "Which of these two answers to the question is better?\n\nQu
 DEFAULT_WORDS = {"pairwise": [("1", "2")], "pointwise": [("Yes", "No"), ("1", "0")]}  # the first the tokenizer has
 
 
-def pairwise_logodds(logits, verdict_ids):
-    """(N,) log P(verdict_1) - log P(verdict_2) from the next-token logits (N, V): the log-odds that the judge names the
-    first response (the softmax's normalizer cancels; Mahan et al. 2024)."""
+def verdict_logodds(logits, verdict_ids):
+    """(N,) log P(verdict_1) - log P(verdict_2) from the next-token logits (N, V); the softmax's normalizer cancels.
+    Pairwise, the log-odds that the judge names the first response (Mahan et al. 2024); pointwise, the score
+    log P(Yes) - log P(No): the logit of P(Yes | Yes or No), a monotone map of Zhang et al.'s reward P(Yes)."""
     return logits[:, verdict_ids[0]].float() - logits[:, verdict_ids[1]].float()
 
 
@@ -44,12 +45,6 @@ def pairwise_score(logodds_ab, logodds_ba):
     the log-odds of naming the first response is against a), averaged: (lo_ab - lo_ba) / 2. Judging both orders
     removes position bias (Zheng et al. 2023); s(a, b) = -s(b, a), and s(a, a) = 0."""
     return (logodds_ab - logodds_ba) / 2
-
-
-def pointwise_score(logits, verdict_ids):
-    """(N,) log P(Yes) - log P(No) from the next-token logits (N, V) after the verification question: the logit of
-    P(Yes | Yes or No), a monotone map of Zhang et al.'s reward P(Yes)."""
-    return logits[:, verdict_ids[0]].float() - logits[:, verdict_ids[1]].float()
 
 
 def as_text(x):
@@ -162,33 +157,26 @@ def verdict_logits(model, seqs, pad_id):
 
 
 @torch.no_grad()
-def pair_logodds(model, tokenizer, judge, prompts, firsts, seconds, counts, chunk=64):
-    """(lo_ab, lo_ba), each (N,): the pairwise judge's log-odds of naming the first response, with a = firsts[i] shown
-    first and then with b = seconds[i] shown first. Both orders go through in one forward pass per chunk."""
-    lo_ab, lo_ba = [], []
-    for i in range(0, len(prompts), chunk):
-        part = range(i, min(i + chunk, len(prompts)))
-        seqs = [judging_ids(tokenizer, judge, prompts[j], [firsts[j], seconds[j]], counts) for j in part]
-        seqs += [judging_ids(tokenizer, judge, prompts[j], [seconds[j], firsts[j]], counts) for j in part]
-        lo = pairwise_logodds(verdict_logits(model, seqs, tokenizer.pad_token_id), judge["verdict_ids"]).cpu()
-        lo_ab.append(lo[: len(part)])
-        lo_ba.append(lo[len(part):])
-    return torch.cat(lo_ab), torch.cat(lo_ba)
+def logodds(model, seqs, verdict_ids, pad_id, chunk=64):
+    """(N,) verdict_logodds after each judging text (lists of ids), chunk texts per forward pass."""
+    out = [verdict_logodds(verdict_logits(model, seqs[i : i + chunk], pad_id), verdict_ids).cpu()
+           for i in range(0, len(seqs), chunk)]
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 @torch.no_grad()
 def raw_scores(model, tokenizer, judge, prompts, responses, references=None, counts=None, chunk=64):
     """(N,) the judge's score of each response: pointwise log P(Yes) - log P(No); pairwise its preference over the
-    reference response to the same prompt (pairwise_score, both orders)."""
+    reference response to the same prompt (pairwise_score over both orders)."""
     counts = Counter() if counts is None else counts
-    if judge["mode"] == "pairwise":
-        return pairwise_score(*pair_logodds(model, tokenizer, judge, prompts, responses, references, counts, chunk))
-    out = []
-    for i in range(0, len(prompts), chunk):
-        seqs = [judging_ids(tokenizer, judge, p, [r], counts) for p, r in zip(prompts[i: i + chunk],
-                                                                              responses[i: i + chunk])]
-        out.append(pointwise_score(verdict_logits(model, seqs, tokenizer.pad_token_id), judge["verdict_ids"]).cpu())
-    return torch.cat(out)
+    if judge["mode"] == "pointwise":
+        seqs = [judging_ids(tokenizer, judge, p, [r], counts) for p, r in zip(prompts, responses)]
+        return logodds(model, seqs, judge["verdict_ids"], tokenizer.pad_token_id, chunk)
+    triples = list(zip(prompts, responses, references))
+    seqs = [judging_ids(tokenizer, judge, p, [r, ref], counts) for p, r, ref in triples]  # the response first
+    seqs += [judging_ids(tokenizer, judge, p, [ref, r], counts) for p, r, ref in triples]  # the reference first
+    lo = logodds(model, seqs, judge["verdict_ids"], tokenizer.pad_token_id, chunk)
+    return pairwise_score(lo[: len(triples)], lo[len(triples) :])
 
 
 def prompt_key(prompt):

@@ -199,7 +199,7 @@ def _reencode(reward, prompts, texts, with_eos, counts):
     long (the start of the prompt is cut first; counted)."""
     tok, n = reward["tokenizer"], reward["context"]
     if reward["kind"] == "encoder":
-        prompt_texts = [p if isinstance(p, str) else "\n".join(m["content"] for m in p) for p in prompts]
+        prompt_texts = [judge.as_text(p) for p in prompts]
         pair = reward["model"].config.num_labels == 1  # a reward model reads (question, answer)
         first, second = (prompt_texts, texts) if pair else ([f"{p} {t}" for p, t in zip(prompt_texts, texts)], None)
         full = tok(first, second).input_ids
