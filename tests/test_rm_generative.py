@@ -215,3 +215,21 @@ def test_two_processes_follow_the_one_process_trajectory(tmp_path):
         assert two["loss/train"] == pytest.approx(one["loss/train"], abs=1e-4)
         assert two["eval/loss"] == pytest.approx(one["eval/loss"], abs=1e-4) and len(two["eval/loss"]) == 4  # 0 3 6 8
     assert one["loss/train"][-1] < one["loss/train"][0]
+
+
+@pytest.mark.parametrize("kind, dataset, mode", [("gpt2", "hh-rlhf", "pairwise"), ("llama", "trl-ultrafeedback", "pointwise")])
+def test_hub_layouts_on_standins_with_their_tokenizers(tmp_path, standin, kind, dataset, mode):
+    """GPT-2's tokenizer (one token for unk, bos and eos; no pad) on hh-rlhf's whole dialogues: plain template, the
+    verdicts " 1" / " 2" with their space. Llama's (BOS, pad = EOS, a chat template) on UltraFeedback's messages: the
+    template rendered by the chat template carries its one BOS, which encoding does not add a second time."""
+    out = run_script("rm_generative.py", "--model", standin("lm", kind), "--dataset", standin("data", dataset),
+                     "--mode", mode, "--output-dir", str(tmp_path / "judge"), cwd=tmp_path)
+    assert f"rm_generative ({mode}): eval accuracy" in out
+    saved = json.loads((tmp_path / "judge" / "judge.json").read_text())
+    tok = models.load_tokenizer(str(tmp_path / "judge"))
+    if kind == "gpt2":
+        assert not saved["chat"] and saved["verdict_ids"] == [tok(" 1").input_ids[0], tok(" 2").input_ids[0]]
+    else:
+        assert saved["chat"] and saved["verdict_words"] == ["Yes", "No"]
+        ids = judge.judging_ids(tok, saved, [{"role": "user", "content": "Hi?"}], ["Hello."], Counter())
+        assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
